@@ -1,0 +1,290 @@
+"""The benchmark (`make bench`): the fused op and FusedSimpleCNN against the stock path.
+
+For every device here (the CPU; a CUDA GPU when present) and every fused backend that runs on
+it, it checks the fused result against a float64 stock result, then times it side by side with
+stock eager (NCHW), stock channels_last and ``torch.compile`` of the stock composition, over batch
+sizes, for the layer and for the whole model. It prints a table (median ms, speedups, GFLOP/s,
+images/s) and writes bench/results/<device>.json and <device>.png.
+
+    python bench/run.py                      # every device here, float32
+    python bench/run.py --device cuda --dtype float32 bfloat16 --batches 1 1024 4096 16384
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from measure import copy_bandwidth_gbs, machine, machine_label, time_cpu, time_cuda
+
+import simplecnn_kernels as sk
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LAYERS = {  # name: (C_in, C_out, H, W)
+    "3->18 32x32": (3, 18, 32, 32),  # the SimpleCNN layer
+    "64->64 32x32": (64, 64, 32, 32),  # wide channels
+}
+DEFAULT_BATCHES = {
+    "cpu": {
+        "3->18 32x32": [1, 16, 64, 256, 1024],
+        "64->64 32x32": [1, 16, 64],
+        "model": [1, 16, 64, 256, 1024],
+    },
+    "cuda": {
+        "3->18 32x32": [1, 64, 1024, 4096, 16384],
+        "64->64 32x32": [64, 1024],
+        "model": [1, 64, 1024, 4096, 16384],
+    },
+}
+DEFAULT_COMPILE_MODE = {"cpu": "default", "cuda": "max-autotune"}
+
+
+def stock(x, w, b):
+    return F.max_pool2d(F.relu(F.conv2d(x, w, b, stride=1, padding=1)), 2, 2)
+
+
+def fused_backends(device: str) -> list[str]:
+    dev = torch.device(device)
+    return [
+        b for b in sk.BACKENDS if b != "reference" and sk.ops._unavailable_reason(b, dev) is None
+    ]
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+def compiled(fn, mode: str):
+    torch._dynamo.reset()  # a fresh cache per case: no recompile limit, no stale guards
+    return torch.compile(fn, mode=None if mode == "default" else mode, dynamic=False)
+
+
+def layer_case(device, dtype, name, batch, compile_mode):
+    c_in, c_out, h, w_ = LAYERS[name]
+    x = torch.randn(batch, c_in, h, w_, device=device, dtype=dtype)
+    w = torch.randn(c_out, c_in, 3, 3, device=device, dtype=dtype) / (3 * c_in**0.5)
+    b = torch.randn(c_out, device=device, dtype=dtype)
+    x_cl, w_cl = (
+        x.contiguous(memory_format=torch.channels_last),
+        w.contiguous(memory_format=torch.channels_last),
+    )
+    stock_compiled = compiled(stock, compile_mode)
+    providers = {
+        "stock eager": lambda: stock(x, w, b),
+        "stock channels_last": lambda: stock(x_cl, w_cl, b),
+        f"stock compiled ({compile_mode})": lambda: stock_compiled(x, w, b),
+    }
+    ref = stock(x.double(), w.double(), b.double())
+    errors = {}
+    for backend in fused_backends(device):
+        providers[f"fused {backend}"] = lambda backend=backend: sk.conv3x3_relu_maxpool2d(
+            x, w, b, backend=backend
+        )
+        errors[f"fused {backend}"] = rel_err(
+            sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend), ref
+        )
+    flops = 2 * batch * c_out * h * w_ * c_in * 9
+    return providers, errors, flops
+
+
+def model_case(device, dtype, batch, compile_mode):
+    stock_model = sk.SimpleCNN(device=device, dtype=dtype).eval()
+    x = torch.randn(batch, 3, 32, 32, device=device, dtype=dtype)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    stock_cl = sk.SimpleCNN(device=device, dtype=dtype).eval().to(memory_format=torch.channels_last)
+    stock_cl.load_state_dict(stock_model.state_dict())
+    ref_model = sk.SimpleCNN(device=device, dtype=torch.float64).eval()
+    ref_model.load_state_dict(stock_model.state_dict())
+    ref = ref_model(x.double())
+    stock_compiled = compiled(stock_model, compile_mode)
+    providers = {
+        "stock eager": lambda: stock_model(x),
+        "stock channels_last": lambda: stock_cl(x_cl),
+        f"stock compiled ({compile_mode})": lambda: stock_compiled(x),
+    }
+    errors = {}
+    for backend in fused_backends(device):
+        fused = sk.FusedSimpleCNN(device=device, dtype=dtype, backend=backend).eval()
+        fused.load_state_dict(stock_model.state_dict())
+        fused_compiled = torch.compile(
+            fused, mode=None if compile_mode == "default" else compile_mode, dynamic=False
+        )
+        providers[f"fused {backend}"] = lambda m=fused: m(x)
+        providers[f"fused {backend} compiled"] = lambda m=fused_compiled: m(x)
+        errors[f"fused {backend}"] = rel_err(fused(x), ref)
+    flops = 2 * batch * 18 * 32 * 32 * 3 * 9 + 2 * batch * (4608 * 64 + 64 * 10)
+    return providers, errors, flops
+
+
+def run(args) -> None:
+    devices = (
+        ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        if args.device == "all"
+        else [args.device]
+    )
+    for device in devices:
+        info = machine(device)
+        compile_mode = args.compile_mode or DEFAULT_COMPILE_MODE[device]
+        timer = time_cuda if device == "cuda" else time_cpu
+        plan = []
+        for dtype_name in args.dtype:
+            dtype = getattr(torch, dtype_name)
+            for what in [*LAYERS, "model"]:
+                for batch in args.batches or DEFAULT_BATCHES[device][what]:
+                    plan.append((dtype, what, batch))
+        rows = []
+        print(
+            f"# {device}: {machine_label(info)}; fused backends: {fused_backends(device)}",
+            file=sys.stderr,
+        )
+        if device == "cuda":
+            info["copy_bandwidth_gbs"] = round(copy_bandwidth_gbs(), 1)
+        for i, (dtype, what, batch) in enumerate(plan, 1):
+            t0 = time.perf_counter()
+            print(
+                f"[{i}/{len(plan)}] {device} {dtype} {what} N={batch} ...",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+            with torch.no_grad():
+                if what == "model":
+                    providers, errors, flops = model_case(device, dtype, batch, compile_mode)
+                else:
+                    providers, errors, flops = layer_case(device, dtype, what, batch, compile_mode)
+                times = timer(providers)
+            eager = times["stock eager"]
+            best_stock_compiled = next(
+                v for k, v in times.items() if k.startswith("stock compiled")
+            )
+            for provider, ms in times.items():
+                row = {
+                    "what": "SimpleCNN model" if what == "model" else f"layer {what}",
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "batch": batch,
+                    "provider": provider,
+                    "ms": ms,
+                    "speedup_vs_eager": eager / ms,
+                    "speedup_vs_compiled": best_stock_compiled / ms,
+                    "gflops": flops / ms / 1e6,
+                    "images_per_s": batch / ms * 1e3,
+                    "max_rel_err": errors.get(provider),
+                }
+                if device == "cuda" and what != "model":
+                    c_in, c_out, h, w = LAYERS[what]
+                    itemsize = torch.empty((), dtype=dtype).element_size()
+                    moved = batch * (c_in * h * w + c_out * (h // 2) * (w // 2)) * itemsize
+                    row["fraction_of_copy_bandwidth"] = (
+                        moved / (ms * 1e-3) / 1e9 / info["copy_bandwidth_gbs"]
+                    )
+                rows.append(row)
+            print(f" {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        args.out.mkdir(parents=True, exist_ok=True)
+        result = {
+            "machine": info,
+            "command": " ".join(sys.argv),
+            "compile_mode": compile_mode,
+            "rows": rows,
+        }
+        (args.out / f"{device}.json").write_text(json.dumps(result, indent=1))
+        print_table(result)
+        plot(result, args.out / f"{device}.png")
+        print(
+            f"wrote {args.out / f'{device}.json'} and {args.out / f'{device}.png'}", file=sys.stderr
+        )
+
+
+def print_table(result: dict) -> None:
+    print(f"\n## {machine_label(result['machine'])}")
+    header = [
+        "what",
+        "dtype",
+        "N",
+        "provider",
+        "median ms",
+        "x eager",
+        "x compiled",
+        "GFLOP/s",
+        "images/s",
+        "max rel err",
+    ]
+    lines = []
+    for r in result["rows"]:
+        err = "" if r["max_rel_err"] is None else f"{r['max_rel_err']:.1e}"
+        lines.append(
+            [
+                r["what"],
+                r["dtype"],
+                str(r["batch"]),
+                r["provider"],
+                f"{r['ms']:.3f}",
+                f"{r['speedup_vs_eager']:.2f}",
+                f"{r['speedup_vs_compiled']:.2f}",
+                f"{r['gflops']:.1f}",
+                f"{r['images_per_s']:,.0f}",
+                err,
+            ]
+        )
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for line in lines:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
+
+
+def plot(result: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no chart", file=sys.stderr)
+        return
+    groups = sorted({(r["what"], r["dtype"]) for r in result["rows"]})
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    for ax, (what, dtype) in zip(axes[0], groups, strict=True):
+        rows = [r for r in result["rows"] if (r["what"], r["dtype"]) == (what, dtype)]
+        for provider in dict.fromkeys(r["provider"] for r in rows):
+            pts = sorted(
+                (r["batch"], r["speedup_vs_eager"]) for r in rows if r["provider"] == provider
+            )
+            ax.plot(*zip(*pts, strict=True), marker="o", label=provider)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"{what} ({dtype})")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("speedup over stock eager")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(machine_label(result["machine"]), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
+    parser.add_argument(
+        "--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"]
+    )
+    parser.add_argument(
+        "--batches", nargs="+", type=int, help="batch sizes (default: per device and case)"
+    )
+    parser.add_argument(
+        "--compile-mode",
+        help="torch.compile mode for the stock path (default: cpu 'default', cuda 'max-autotune')",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+// Schema registration and the argument checks shared by the CPU and CUDA kernels.
+#include "conv3x3_relu_maxpool2d.h"
+
+#include <ATen/ops/empty.h>
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+// `import simplecnn_kernels._C` loads this library, which runs the TORCH_LIBRARY registrations
+// below. The module itself is empty: everything is reached through torch.ops.simplecnn.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+namespace simplecnn {
+
+static bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// "torch.float32", as Python prints dtypes, so C++ and Python errors read the same.
+static std::string dtype_name(at::ScalarType t) {
+  return "torch." + std::string(c10::getDtypeNames(t).first);
+}
+
+void check_inputs(const at::Tensor& input, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(input.dim() == 4,
+              "conv3x3_relu_maxpool2d: expected input of shape (N, C_in, H, W), got shape ",
+              input.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3,
+              "conv3x3_relu_maxpool2d: expected weight of shape (C_out, C_in, 3, 3), got shape ",
+              weight.sizes());
+  TORCH_CHECK(input.size(1) == weight.size(1), "conv3x3_relu_maxpool2d: input has ",
+              input.size(1), " channels but weight expects C_in=", weight.size(1),
+              " (weight shape ", weight.sizes(), ")");
+  TORCH_CHECK(weight.size(0) > 0 && weight.size(1) > 0,
+              "conv3x3_relu_maxpool2d: C_in and C_out must be positive, got weight shape ",
+              weight.sizes());
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0),
+                "conv3x3_relu_maxpool2d: expected bias of shape (C_out,) = (", weight.size(0),
+                ",), got shape ", bias->sizes());
+  }
+  TORCH_CHECK(is_supported_float(input.scalar_type()),
+              "conv3x3_relu_maxpool2d: expected a float32, float64, float16 or bfloat16 input, "
+              "got dtype ", dtype_name(input.scalar_type()));
+  const bool same_dtype = weight.scalar_type() == input.scalar_type() &&
+                          (!bias.has_value() || bias->scalar_type() == input.scalar_type());
+  TORCH_CHECK(same_dtype,
+              "conv3x3_relu_maxpool2d: input, weight and bias must have the same dtype, got input ",
+              dtype_name(input.scalar_type()), ", weight ", dtype_name(weight.scalar_type()),
+              ", bias ", bias.has_value() ? dtype_name(bias->scalar_type()) : "None");
+  const bool same_device = weight.device() == input.device() &&
+                           (!bias.has_value() || bias->device() == input.device());
+  TORCH_CHECK(same_device,
+              "conv3x3_relu_maxpool2d: input, weight and bias must be on the same device, got "
+              "input ", input.device(), ", weight ", weight.device(), ", bias ",
+              bias.has_value() ? bias->device().str() : "None");
+  TORCH_CHECK(input.size(2) >= 2 && input.size(3) >= 2,
+              "conv3x3_relu_maxpool2d: the 2x2 max-pool needs H >= 2 and W >= 2, got input shape ",
+              input.sizes());
+}
+
+at::Tensor empty_output(const at::Tensor& input, const at::Tensor& weight) {
+  // The stock conv returns channels_last when the input or the weight is; the pool keeps it.
+  // ops.py's output_memory_format makes the same choice for the fake kernel.
+  const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
+                             weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  return at::empty({input.size(0), weight.size(0), input.size(2) / 2, input.size(3) / 2},
+                   input.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
+                                                               : at::MemoryFormat::Contiguous));
+}
+
+}  // namespace simplecnn
+
+TORCH_LIBRARY(simplecnn, m) {
+  // The public op. `backend` None picks the best backend for the tensors' device; its device
+  // implementations, fake kernel and autograd are registered in simplecnn_kernels/ops.py.
+  m.def(
+      "conv3x3_relu_maxpool2d(Tensor input, Tensor weight, Tensor? bias=None, *, "
+      "str? backend=None) -> Tensor");
+  // The compiled kernels ("cpu" and "cuda" backends): 4-D input only, no autograd.
+  m.def("_fused_forward(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
+}

@@ -1,0 +1,148 @@
+// The AVX2+FMA micro-kernel (see pooled_chunk.h for what one call computes).
+//
+// This file alone is compiled for AVX2 (by the target pragma below, so the extension stays
+// loadable on any x86-64 CPU; the driver calls in here only when the CPU reports AVX2 and FMA).
+// Everything after the pragma lives in an anonymous namespace and uses intrinsics only, so no
+// AVX2 copy of a shared inline function can leak into the generic code at link time.
+#include "pooled_chunk.h"
+
+#if defined(__x86_64__)
+
+#include <immintrin.h>
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+namespace simplecnn::cpu {
+namespace {
+
+// Max that propagates NaN from either side, as the stock max-pool does. _mm256_max_ps returns
+// its second operand when either is NaN, so put the first operand's NaNs back.
+inline __m256 max_keep_nan(__m256 a, __m256 b) {
+  const __m256 m = _mm256_max_ps(a, b);
+  return _mm256_blendv_ps(m, a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+}
+
+// A broadcast the compiler may not merge with an earlier one of the same weight. Each weight
+// serves conv row 0 at input row r and conv row 1 at input row r + 1; GCC merges those two
+// broadcasts, keeps a channel's 27 weights live across rows and spills the accumulators.
+inline __m256 broadcast_unmerged(const float* p) {
+  __m256 v;
+  asm volatile("vbroadcastss %1, %0" : "=x"(v) : "m"(*p));
+  return v;
+}
+
+// Register blocking: for each input channel the 4 input rows under one pooled row feed 2 conv
+// rows x CO channels x 2 vectors of 8 columns. Each input row segment is loaded once per kx and
+// used by up to 2*CO weights; with CO = 3 that is 12 independent FMA chains, which keeps both
+// FMA units busy and fits the 16 ymm registers (12 accumulators, 2 inputs, 1 weight).
+template <int CO>
+void chunk_avx2(const ChunkArgs<float>& a) {
+  __m256 acc[2][CO][2];  // [conv row][channel][8-column half]
+  // The channel loops are unrolled at once (pragma) so that GCC sees constant indices and keeps
+  // `acc` in registers; left to its later unroller it keeps the array on the stack.
+#pragma GCC unroll 4
+  for (int co = 0; co < CO; ++co) {
+    // Starting from the bias adds it to each conv value before the max, as the stock conv
+    // does, so an infinite bias gives the stock NaN/Inf results.
+    if (a.first) {
+      const __m256 b = _mm256_set1_ps(a.bias[co]);
+      acc[0][co][0] = acc[0][co][1] = acc[1][co][0] = acc[1][co][1] = b;
+    } else {  // acc[r][co][h] is partial[r][co][8 * h .. 8 * h + 7]
+      acc[0][co][0] = _mm256_loadu_ps(a.partial + (0 * CO + co) * kChunkCols);
+      acc[0][co][1] = _mm256_loadu_ps(a.partial + (0 * CO + co) * kChunkCols + 8);
+      acc[1][co][0] = _mm256_loadu_ps(a.partial + (1 * CO + co) * kChunkCols);
+      acc[1][co][1] = _mm256_loadu_ps(a.partial + (1 * CO + co) * kChunkCols + 8);
+    }
+  }
+
+  const float* in = a.in;
+  const float* w = a.weight;
+  for (int64_t ci = 0; ci < a.c_in; ++ci, in += a.in_ch_stride, w += 9 * CO) {
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {  // input row r feeds conv row 0 (ky = r) and 1 (ky = r - 1)
+      const float* row = in + r * a.in_row_stride;
+#pragma GCC unroll 3
+      for (int kx = 0; kx < 3; ++kx) {
+        const __m256 x0 = _mm256_loadu_ps(row + kx);
+        const __m256 x1 = _mm256_loadu_ps(row + kx + 8);
+        if (r < 3) {
+#pragma GCC unroll 4
+          for (int co = 0; co < CO; ++co) {
+            const __m256 wv = broadcast_unmerged(w + (r * 3 + kx) * CO + co);
+            acc[0][co][0] = _mm256_fmadd_ps(wv, x0, acc[0][co][0]);
+            acc[0][co][1] = _mm256_fmadd_ps(wv, x1, acc[0][co][1]);
+          }
+        }
+        if (r > 0) {
+#pragma GCC unroll 4
+          for (int co = 0; co < CO; ++co) {
+            const __m256 wv = broadcast_unmerged(w + ((r - 1) * 3 + kx) * CO + co);
+            acc[1][co][0] = _mm256_fmadd_ps(wv, x0, acc[1][co][0]);
+            acc[1][co][1] = _mm256_fmadd_ps(wv, x1, acc[1][co][1]);
+          }
+        }
+      }
+    }
+  }
+
+  if (!a.last) {
+#pragma GCC unroll 4
+    for (int co = 0; co < CO; ++co) {
+      _mm256_storeu_ps(a.partial + (0 * CO + co) * kChunkCols, acc[0][co][0]);
+      _mm256_storeu_ps(a.partial + (0 * CO + co) * kChunkCols + 8, acc[0][co][1]);
+      _mm256_storeu_ps(a.partial + (1 * CO + co) * kChunkCols, acc[1][co][0]);
+      _mm256_storeu_ps(a.partial + (1 * CO + co) * kChunkCols + 8, acc[1][co][1]);
+    }
+    return;
+  }
+  alignas(32) static const int32_t kLaneMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                                    0,  0,  0,  0,  0,  0,  0,  0};
+  const __m256i store_mask =
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask + 8 - a.n_out));
+#pragma GCC unroll 4
+  for (int co = 0; co < CO; ++co) {
+    // Vertical max of the two conv rows, then horizontal max of column pairs: the shuffles
+    // gather even and odd columns of both halves, giving pooled columns 0,1,4,5 | 2,3,6,7,
+    // which one 64-bit permute puts back in order.
+    const __m256 m0 = max_keep_nan(acc[0][co][0], acc[1][co][0]);
+    const __m256 m1 = max_keep_nan(acc[0][co][1], acc[1][co][1]);
+    const __m256 even = _mm256_shuffle_ps(m0, m1, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m256 odd = _mm256_shuffle_ps(m0, m1, _MM_SHUFFLE(3, 1, 3, 1));
+    __m256 pooled = max_keep_nan(even, odd);
+    pooled = _mm256_castpd_ps(
+        _mm256_permute4x64_pd(_mm256_castps_pd(pooled), _MM_SHUFFLE(3, 1, 2, 0)));
+    // ReLU once per pooled value (max(relu(c)) == relu(max(c))); with zero as the first
+    // operand, _mm256_max_ps passes NaN through.
+    pooled = _mm256_max_ps(_mm256_setzero_ps(), pooled);
+    float* dst = a.out + co * a.out_ch_stride;
+    if (a.n_out == kChunkPooled) {
+      _mm256_storeu_ps(dst, pooled);
+    } else {
+      _mm256_maskstore_ps(dst, store_mask, pooled);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace simplecnn::cpu
+
+#pragma GCC pop_options
+
+namespace simplecnn::cpu {
+
+ChunkKernel<float> avx2_chunk_kernel(int co_block) {
+  static constexpr ChunkKernel<float> kKernels[kMaxChannelBlock] = {
+      chunk_avx2<1>, chunk_avx2<2>, chunk_avx2<3>};
+  return kKernels[co_block - 1];
+}
+
+}  // namespace simplecnn::cpu
+
+#else  // not x86-64: the driver uses the generic kernel
+
+namespace simplecnn::cpu {
+ChunkKernel<float> avx2_chunk_kernel(int) { return nullptr; }
+}  // namespace simplecnn::cpu
+
+#endif

@@ -1,0 +1,23 @@
+"""simplecnn-kernels: a fused conv3x3 + bias + ReLU + 2x2 max-pool operator for PyTorch.
+
+    import simplecnn_kernels as sk
+    # max_pool2d(relu(conv2d(x, weight, bias, padding=1)), 2) in one pass:
+    y = sk.conv3x3_relu_maxpool2d(x, weight, bias)
+    model = sk.FusedSimpleCNN()                      # SimpleCNN's drop-in twin, same state_dict
+
+Importing the package registers ``torch.ops.simplecnn.conv3x3_relu_maxpool2d``.
+"""
+
+from .models import Conv3x3ReLUMaxPool2d, FusedSimpleCNN, SimpleCNN
+from .ops import BACKENDS, available_backends, conv3x3_relu_maxpool2d
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "Conv3x3ReLUMaxPool2d",
+    "FusedSimpleCNN",
+    "SimpleCNN",
+    "available_backends",
+    "conv3x3_relu_maxpool2d",
+]

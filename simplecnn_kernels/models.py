@@ -1,0 +1,115 @@
+"""SimpleCNN (the seed tutorial's model), its fused twin, and the fused layer as a module."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .ops import _check_backend_name, conv3x3_relu_maxpool2d
+
+
+class Conv3x3ReLUMaxPool2d(nn.Module):
+    """``MaxPool2d(2, 2)(ReLU()(Conv2d(in_channels, out_channels, 3, padding=1)(x)))`` as one op.
+
+    Holds ``weight`` (out_channels, in_channels, 3, 3) and ``bias`` (out_channels,), shaped and
+    initialised as ``nn.Conv2d`` initialises them, so its state_dict is a Conv2d's.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        _check_backend_name(backend)
+        self.in_channels, self.out_channels, self.backend = in_channels, out_channels, backend
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Conv2d's own initialisation (kaiming-uniform weight, fan-in-uniform bias): it only
+        # reads self.weight and self.bias, so the same random stream gives the same values.
+        nn.Conv2d.reset_parameters(self)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_conv2d(cls, conv: nn.Conv2d, backend: str | None = None) -> Conv3x3ReLUMaxPool2d:
+        """The fused layer sharing `conv`'s Parameters (not copies: optimizers keep working)."""
+        settings = {
+            "kernel_size": (3, 3),
+            "stride": (1, 1),
+            "padding": (1, 1),
+            "dilation": (1, 1),
+            "groups": 1,
+            "padding_mode": "zeros",
+        }
+        wrong = {k: getattr(conv, k) for k, v in settings.items() if getattr(conv, k) != v}
+        if wrong:
+            raise ValueError(f"cannot fuse {conv}: needs {settings}, has {wrong}")
+        # Built on the meta device, which allocates nothing and draws no random numbers.
+        fused = cls(
+            conv.in_channels,
+            conv.out_channels,
+            bias=conv.bias is not None,
+            device="meta",
+            dtype=conv.weight.dtype,
+            backend=backend,
+        )
+        fused.weight, fused.bias = conv.weight, conv.bias
+        return fused
+
+    def forward(self, input: Tensor) -> Tensor:
+        return conv3x3_relu_maxpool2d(input, self.weight, self.bias, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        backend = "" if self.backend is None else f", backend={self.backend!r}"
+        return f"{self.in_channels}, {self.out_channels}, bias={self.bias is not None}{backend}"
+
+
+class SimpleCNN(nn.Module):
+    """The seed tutorial's CIFAR-10 classifier: conv 3->18 (3x3, pad 1), ReLU, 2x2 max-pool,
+    fc 4608->64, ReLU, fc 64->10. Input (N, 3, 32, 32), output (N, 10) logits."""
+
+    def __init__(self, device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.conv1 = nn.Conv2d(3, 18, kernel_size=3, stride=1, padding=1, **factory)
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2, padding=0)
+        self.fc1 = nn.Linear(18 * 16 * 16, 64, **factory)
+        self.fc2 = nn.Linear(64, 10, **factory)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.pool(F.relu(self.conv1(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.features(x).flatten(1)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+class FusedSimpleCNN(SimpleCNN):
+    """SimpleCNN with conv1 -> ReLU -> pool run as the fused op.
+
+    Same state_dict keys and shapes as SimpleCNN (load either's weights into the other), and
+    with the same random seed the same initial weights.
+    """
+
+    def __init__(self, device=None, dtype=None, backend: str | None = None) -> None:
+        super().__init__(device=device, dtype=dtype)
+        self.conv1 = Conv3x3ReLUMaxPool2d.from_conv2d(self.conv1, backend=backend)
+        del self.pool
+
+    def features(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32):
+            raise ValueError(
+                f"FusedSimpleCNN expects input of shape (N, 3, 32, 32), got {tuple(x.shape)}"
+            )
+        return self.conv1(x)

@@ -1,0 +1,259 @@
+"""The fused operator ``torch.ops.simplecnn.conv3x3_relu_maxpool2d`` and its dispatch.
+
+The op equals ``F.max_pool2d(F.relu(F.conv2d(x, w, b, stride=1, padding=1)), 2, 2)``. Its schema
+is registered in C++ (csrc/conv3x3_relu_maxpool2d.cpp); this module gives it the rest:
+
+- the argument checks (the same messages as the C++ checks, which guard the compiled kernels),
+- the device implementation, which picks a backend and runs it,
+- the fake (meta) kernel, so ``torch.compile`` and ``torch.export`` keep the op as one node,
+- autograd.
+
+Backends: ``"cpu"`` (the C++ kernel in csrc/cpu), ``"cuda"`` (the CUDA C++ kernel in csrc/cuda,
+when built) and ``"reference"`` (the stock PyTorch composition).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch._prims_common import suggest_memory_format
+
+from . import _C  # noqa: F401  (loads the library that registers torch.ops.simplecnn)
+
+BACKENDS = ("cpu", "cuda", "reference")
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+_OP_NAME = "simplecnn::conv3x3_relu_maxpool2d"
+
+
+def conv3x3_relu_maxpool2d(
+    input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
+) -> Tensor:
+    """``max_pool2d(relu(conv2d(input, weight, bias, stride=1, padding=1)), 2, 2)`` in one pass.
+
+    Args:
+        input: (N, C_in, H, W) or (C_in, H, W), H and W at least 2; any strides.
+        weight: (C_out, C_in, 3, 3).
+        bias: (C_out,) or None.
+        backend: None picks the best backend for the tensors' device; else one of
+            ``available_backends()``.
+
+    Returns:
+        (N, C_out, H // 2, W // 2) (or without N), in the input's dtype.
+
+    Example:
+        >>> x, w, b = torch.randn(8, 3, 32, 32), torch.randn(18, 3, 3, 3), torch.randn(18)
+        >>> conv3x3_relu_maxpool2d(x, w, b).shape
+        torch.Size([8, 18, 16, 16])
+    """
+    return torch.ops.simplecnn.conv3x3_relu_maxpool2d(input, weight, bias, backend=backend)
+
+
+# --- argument checks -------------------------------------------------------------------------
+
+
+def _check_inputs(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    """Raises RuntimeError naming the problem, as the stock ops and the C++ checks do."""
+
+    def fail(msg: str) -> None:
+        raise RuntimeError(f"conv3x3_relu_maxpool2d: {msg}")
+
+    if input.dim() not in (3, 4):
+        fail(f"expected input of shape (N, C_in, H, W) or (C_in, H, W), got shape {_shape(input)}")
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
+        fail(f"expected weight of shape (C_out, C_in, 3, 3), got shape {_shape(weight)}")
+    c_in = input.shape[-3]
+    if c_in != weight.shape[1]:
+        fail(
+            f"input has {c_in} channels but weight expects C_in={weight.shape[1]} "
+            f"(weight shape {_shape(weight)})"
+        )
+    if c_in == 0 or weight.shape[0] == 0:
+        fail(f"C_in and C_out must be positive, got weight shape {_shape(weight)}")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
+        fail(f"expected bias of shape (C_out,) = ({weight.shape[0]},), got shape {_shape(bias)}")
+    if input.dtype not in SUPPORTED_DTYPES:
+        fail(f"expected a float32, float64, float16 or bfloat16 input, got dtype {input.dtype}")
+    if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
+        fail(
+            "input, weight and bias must have the same dtype, got input "
+            f"{input.dtype}, weight {weight.dtype}, bias {None if bias is None else bias.dtype}"
+        )
+    if weight.device != input.device or (bias is not None and bias.device != input.device):
+        fail(
+            "input, weight and bias must be on the same device, got input "
+            f"{input.device}, weight {weight.device}, bias {None if bias is None else bias.device}"
+        )
+    if input.shape[-2] < 2 or input.shape[-1] < 2:
+        fail(f"the 2x2 max-pool needs H >= 2 and W >= 2, got input shape {_shape(input)}")
+
+
+def _shape(t: Tensor) -> list:
+    return list(t.shape)
+
+
+# --- backends ----------------------------------------------------------------------------------
+
+
+def _cuda_kernel_built() -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key("simplecnn::_fused_forward", "CUDA")
+
+
+def _unavailable_reason(backend: str, device: torch.device) -> str | None:
+    """Why the (known) `backend` cannot run on tensors of `device`, or None when it can."""
+    if backend == "cpu":
+        return None if device.type == "cpu" else "it runs on CPU tensors only"
+    if backend == "cuda":
+        if not _cuda_kernel_built():
+            return "this build of simplecnn_kernels has no CUDA kernel"
+        return None if device.type == "cuda" else "it runs on CUDA tensors only"
+    return None  # "reference" runs wherever PyTorch does
+
+
+def _check_backend_name(backend: str | None) -> None:
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(
+            f"conv3x3_relu_maxpool2d: unknown backend {backend!r}; choose one of {BACKENDS} or None"
+        )
+
+
+_warned_fallback: set[str] = set()
+
+
+def _default_backend(device: torch.device) -> str:
+    if device.type == "cpu":
+        return "cpu"
+    if device.type == "cuda" and _unavailable_reason("cuda", device) is None:
+        return "cuda"
+    if device.type not in _warned_fallback:
+        _warned_fallback.add(device.type)
+        warnings.warn(
+            f"conv3x3_relu_maxpool2d: no fused kernel runs on {device.type} tensors here; "
+            "using the stock composition (backend='reference')",
+            stacklevel=3,
+        )
+    return "reference"
+
+
+def resolve_backend(backend: str | None, device: torch.device) -> str:
+    """The backend that runs for `backend` (None: the best one) on tensors of `device`."""
+    _check_backend_name(backend)
+    if backend is None:
+        return _default_backend(device)
+    reason = _unavailable_reason(backend, device)
+    if reason is not None:
+        raise RuntimeError(
+            f"conv3x3_relu_maxpool2d: backend {backend!r} cannot run on {device.type} tensors: "
+            f"{reason}. Available here: {available_backends()}"
+        )
+    return backend
+
+
+def available_backends() -> list[str]:
+    """The backends that can run on this machine, on at least one of its devices."""
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    return [b for b in BACKENDS if any(_unavailable_reason(b, d) is None for d in devices)]
+
+
+def _reference(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return F.max_pool2d(F.relu(F.conv2d(input, weight, bias, stride=1, padding=1)), 2, 2)
+
+
+def _run_backend(backend: str, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """Runs one backend on a 4-D input."""
+    if backend in ("cpu", "cuda"):
+        return torch.ops.simplecnn._fused_forward(input, weight, bias)
+    return _reference(input, weight, bias)
+
+
+# --- the op's implementations ------------------------------------------------------------------
+
+
+@torch.library.register_kernel(_OP_NAME, None)  # every device: the backend decides what runs
+def _forward(
+    input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
+) -> Tensor:
+    _check_inputs(input, weight, bias)
+    backend = resolve_backend(backend, input.device)
+    if input.dim() == 3:
+        return _run_backend(backend, input.unsqueeze(0), weight, bias).squeeze(0)
+    return _run_backend(backend, input, weight, bias)
+
+
+def output_memory_format(input: Tensor, weight: Tensor) -> torch.memory_format:
+    """The stock conv's output layout, which the pool keeps: channels_last when the input or the
+    weight is (the C++ kernels' empty_output makes the same choice)."""
+    if input.dim() == 4 and torch.channels_last in (
+        suggest_memory_format(input),
+        suggest_memory_format(weight),
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+@torch.library.register_fake(_OP_NAME)
+def _forward_fake(
+    input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
+) -> Tensor:
+    _check_inputs(input, weight, bias)
+    _check_backend_name(backend)
+    batch = input.shape[:-3]
+    return torch.empty(
+        (*batch, weight.shape[0], input.shape[-2] // 2, input.shape[-1] // 2),
+        dtype=input.dtype,
+        device=input.device,
+        memory_format=output_memory_format(input, weight),
+    )
+
+
+# --- autograd ----------------------------------------------------------------------------------
+
+
+def _setup_context(ctx, inputs, keyword_only_inputs, output) -> None:
+    input, weight, bias = inputs
+    ctx.save_for_backward(input, weight, bias)
+
+
+def _backward(ctx, grad_output: Tensor):
+    """Gradients of the stock composition: the conv is recomputed (nothing full-size is kept
+    from the forward), the pooled gradient goes to the first max of each window, ReLU passes
+    it where the conv output is positive."""
+    input, weight, bias = ctx.saved_tensors
+    unbatched = input.dim() == 3
+    if unbatched:
+        input, grad_output = input.unsqueeze(0), grad_output.unsqueeze(0)
+    conv = F.conv2d(input, weight, bias, stride=1, padding=1)
+    activated = F.relu(conv)
+    _, indices = F.max_pool2d(activated, 2, 2, return_indices=True)
+    grad_activated = torch.ops.aten.max_pool2d_with_indices_backward(
+        grad_output, activated, [2, 2], [2, 2], [0, 0], [1, 1], False, indices
+    )
+    grad_conv = torch.ops.aten.threshold_backward(grad_activated, activated, 0)
+    grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        grad_conv,
+        input,
+        weight,
+        None if bias is None else [bias.shape[0]],
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        False,
+        [0, 0],
+        1,
+        [
+            ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1],
+            bias is not None and ctx.needs_input_grad[2],
+        ],
+    )
+    if unbatched and grad_input is not None:
+        grad_input = grad_input.squeeze(0)
+    return grad_input, grad_weight, grad_bias
+
+
+torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)

@@ -1,0 +1,100 @@
+"""Shared test helpers: inputs, the float64 reference and a verbose comparison."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Error allowed per dtype, as a multiple of `scale` below: float32 allows for accumulation order
+# over up to 64*9 terms, float16/bfloat16 for the one rounding of the float32 result (2^-11 and
+# 2^-8 relative) plus accumulation.
+TOLERANCE = {
+    torch.float64: 1e-12,
+    torch.float32: 2e-5,
+    torch.float16: 1.5e-3,
+    torch.bfloat16: 8e-3,
+}
+
+
+def stock(x, w, b):
+    """The stock composition the op must equal."""
+    return F.max_pool2d(F.relu(F.conv2d(x, w, b, stride=1, padding=1)), 2, 2)
+
+
+def make_inputs(
+    n,
+    c_in,
+    c_out,
+    h,
+    w,
+    *,
+    dtype=torch.float32,
+    device="cpu",
+    bias=True,
+    layout="contiguous",
+    generator=None,
+):
+    """Fresh random (input, weight, bias) in the given layout: "contiguous", "channels_last"
+    or "strided" (views with gaps and non-unit inner strides, for input, weight and bias)."""
+    g = generator
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
+
+    batch = () if n is None else (n,)
+    if layout == "strided":
+        x = randn(*batch, c_in, 2 * h + 1, 2 * w + 3)[..., 1::2, 1 : 2 * w + 1 : 2]
+        weight = randn(3, 3, c_in, c_out).permute(3, 2, 0, 1)
+        b = randn(2 * c_out)[::2] if bias else None
+    else:
+        x = randn(*batch, c_in, h, w)
+        weight = randn(c_out, c_in, 3, 3)
+        b = randn(c_out) if bias else None
+        if layout == "channels_last" and n is not None:
+            x = x.contiguous(memory_format=torch.channels_last)
+    return x, weight, b
+
+
+def reference(x, w, b):
+    """float64 stock result and the error scale of each output: the pooled max over its
+    window of sum |w| * |x| + |b|, which bounds the rounding error of every conv value."""
+    x64, w64 = x.double(), w.double()
+    b64 = None if b is None else b.double()
+    ref = stock(x64, w64, b64)
+    absb = None if b is None else b64.abs()
+    scale = F.max_pool2d(F.conv2d(x64.abs().nan_to_num(0, 0, 0), w64.abs(), absb, padding=1), 2, 2)
+    return ref, scale.clamp_min(1e-30)
+
+
+def assert_matches_reference(out, x, w, b, *, dtype=None):
+    """`out` equals the float64 stock result within TOLERANCE[dtype] * scale, with NaN and
+    +-Inf at exactly the same places. The message says how many elements miss, where and by
+    how much, and NaN/Inf mismatches separately."""
+    dtype = dtype or x.dtype
+    ref, scale = reference(x, w, b)
+    assert out.shape == ref.shape, f"shape {tuple(out.shape)} != stock {tuple(ref.shape)}"
+    assert out.dtype == x.dtype, f"dtype {out.dtype} != input dtype {x.dtype}"
+    got = out.double().cpu()
+    ref, scale = ref.cpu(), scale.cpu()
+    nan_mismatch = torch.isnan(got) != torch.isnan(ref)
+    inf_mismatch = (torch.isinf(got) | torch.isinf(ref)) & (got != ref) & ~torch.isnan(ref)
+    assert not nan_mismatch.any(), (
+        f"NaN mismatch at {nan_mismatch.sum().item()} of {got.numel()} outputs, first at "
+        f"{nan_mismatch.nonzero()[0].tolist()}"
+    )
+    assert not inf_mismatch.any(), (
+        f"Inf mismatch at {inf_mismatch.sum().item()} outputs, first at "
+        f"{inf_mismatch.nonzero()[0].tolist()}"
+    )
+    finite = torch.isfinite(ref)
+    err = torch.where(finite, (got - ref).abs() / scale, torch.zeros_like(ref))
+    bad = err > TOLERANCE[dtype]
+    if bad.any():
+        worst = err.argmax()
+        idx = list(torch.unravel_index(worst, err.shape))
+        raise AssertionError(
+            f"{bad.sum().item()} of {got.numel()} outputs differ from the float64 stock result by "
+            f"more than {TOLERANCE[dtype]:g} x scale ({dtype}); worst at {[int(i) for i in idx]}: "
+            f"got {got.flatten()[worst].item()!r}, expected {ref.flatten()[worst].item()!r} "
+            f"(scale {scale.flatten()[worst].item():.3g})"
+        )

@@ -1,0 +1,327 @@
+"""The fused op against the stock composition: values, layouts, NaN/Inf, torch.compile/export."""
+
+import io
+import math
+import re
+
+import pytest
+import torch
+from checks import assert_matches_reference, make_inputs, stock
+from conftest import device_backends
+
+import simplecnn_kernels as sk
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+SHAPES = [  # (N, C_in, C_out, H, W)
+    (2, 3, 18, 32, 32),  # the SimpleCNN layer
+    (1, 3, 18, 32, 32),  # batch 1
+    (3, 5, 7, 9, 13),  # odd sizes
+    (2, 3, 20, 17, 35),  # a partial 16-column chunk; C_out not a multiple of the block (3)
+    (2, 4, 1, 2, 2),  # the smallest image, one output channel
+    (1, 16, 5, 6, 2),  # W = 2
+    (1, 64, 64, 16, 16),  # wide channels
+]
+LAYOUTS = ["contiguous", "channels_last", "strided"]
+OP = torch.ops.simplecnn.conv3x3_relu_maxpool2d
+
+
+def _skip_unsupported(device, dtype):
+    if device == "cuda" and dtype == torch.float64:
+        pytest.skip("float64 is a CPU-only dtype for the fused kernels")
+
+
+@pytest.mark.parametrize("device,backend", device_backends())
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_matches_stock(device, backend, shape, dtype, layout, bias):
+    _skip_unsupported(device, dtype)
+    x, w, b = make_inputs(*shape, dtype=dtype, device=device, layout=layout, bias=bias)
+    out = sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend)
+    assert_matches_reference(out, x, w, b)
+
+
+@pytest.mark.parametrize("device,backend", device_backends())
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_output_layout_is_stocks(device, backend, layout):
+    x, w, b = make_inputs(2, 3, 8, 10, 12, device=device, layout=layout)
+    for weight in (w, w.contiguous(memory_format=torch.channels_last)):
+        out = sk.conv3x3_relu_maxpool2d(x, weight, b, backend=backend)
+        assert out.stride() == stock(x, weight, b).stride()
+
+
+@pytest.mark.parametrize("device,backend", device_backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_unbatched_input(device, backend, dtype):
+    x, w, b = make_inputs(None, 3, 18, 32, 32, dtype=dtype, device=device)
+    out = sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend)
+    assert out.shape == (18, 16, 16)
+    assert_matches_reference(out, x, w, b)
+
+
+@pytest.mark.parametrize("device,backend", device_backends())
+def test_empty_batch(device, backend):
+    x, w, b = make_inputs(0, 3, 18, 32, 32, device=device)
+    out = sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend)
+    assert out.shape == stock(x, w, b).shape == (0, 18, 16, 16)
+
+
+def _poison(t, fraction, values, generator=None):
+    """A copy of `t` with `fraction` of its elements set to values drawn from `values`."""
+    t = t.clone()
+    flat = t.view(-1) if t.is_contiguous() else t.reshape(-1)
+    count = max(1, int(fraction * flat.numel()))
+    where = torch.randperm(flat.numel())[:count]
+    choice = torch.tensor(values, dtype=torch.float64)[torch.randint(len(values), (count,))]
+    flat[where] = choice.to(t.dtype).to(t.device)
+    return flat.view(t.shape) if t.is_contiguous() else flat.reshape(t.shape)
+
+
+@pytest.mark.parametrize("device,backend", device_backends())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("where", ["input", "weight", "bias"])
+def test_nan_and_inf_propagate_as_stock(device, backend, dtype, where):
+    _skip_unsupported(device, dtype)
+    x, w, b = make_inputs(2, 3, 7, 20, 37, dtype=dtype, device=device)
+    specials = [math.nan, math.inf, -math.inf]
+    if where == "input":
+        x = _poison(x, 0.004, specials)  # sparse: many windows see one special value, some none
+    elif where == "weight":
+        w = _poison(w, 0.05, specials)
+    else:
+        b = _poison(b, 0.5, specials)
+    out = sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend)
+    assert_matches_reference(out, x, w, b)
+    assert torch.isnan(out).any() or torch.isinf(out).any() or where == "weight"
+
+
+@pytest.mark.parametrize("device,backend", device_backends())
+def test_deterministic(device, backend):
+    x, w, b = make_inputs(8, 3, 18, 32, 32, device=device)
+    first = sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend)
+    for _ in range(3):
+        assert torch.equal(first, sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend))
+
+
+def test_cpu_result_independent_of_thread_count():
+    x, w, b = make_inputs(3, 5, 7, 33, 20)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(serial, sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"))
+
+
+def test_default_backend_on_cpu_is_the_cpp_kernel():
+    assert sk.ops.resolve_backend(None, torch.device("cpu")) == "cpu"
+    assert "cpu" in sk.available_backends() and "reference" in sk.available_backends()
+
+
+def test_reference_backend_is_the_stock_composition():
+    x, w, b = make_inputs(2, 3, 18, 32, 32)
+    assert torch.equal(sk.conv3x3_relu_maxpool2d(x, w, b, backend="reference"), stock(x, w, b))
+
+
+# --- torch.library integration ----------------------------------------------------------------
+
+
+def sample_inputs(device, requires_grad=False):
+    """(args, kwargs) for opcheck: layouts, no bias, unbatched, dtypes."""
+    cases = []
+    for shape, kw in [
+        ((2, 3, 18, 8, 8), {}),
+        ((2, 3, 5, 7, 9), {"layout": "channels_last"}),
+        ((1, 4, 3, 6, 5), {"layout": "strided", "bias": False}),
+        ((None, 3, 4, 6, 6), {}),
+        ((2, 3, 4, 6, 6), {"dtype": torch.bfloat16}),
+    ]:
+        x, w, b = make_inputs(*shape, device=device, **kw)
+        if requires_grad and x.dtype == torch.float32:
+            x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+            b = None if b is None else b.detach().requires_grad_()
+        cases.append(((x, w, b), {}))
+    return cases
+
+
+@pytest.mark.parametrize("device,backend", device_backends())
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["nograd", "grad"])
+def test_opcheck(device, backend, requires_grad):
+    for args, kwargs in sample_inputs(device, requires_grad):
+        torch.library.opcheck(OP, args, {**kwargs, "backend": backend})
+
+
+def _graph_ops(gm):
+    return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+
+
+def test_compile_fullgraph_keeps_the_op_as_one_node():
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    x, w, b = make_inputs(4, 3, 18, 32, 32)
+    fn = torch.compile(
+        lambda x, w, b: sk.conv3x3_relu_maxpool2d(x, w, b) + 1, backend=record, fullgraph=True
+    )
+    torch.testing.assert_close(fn(x, w, b), stock(x, w, b) + 1)
+    ops = _graph_ops(graphs[0])
+    assert sum("simplecnn.conv3x3_relu_maxpool2d" in op for op in ops) == 1, ops
+    assert not any("conv2d" in op or "max_pool" in op for op in ops), ops
+
+
+@pytest.mark.slow
+def test_compile_inductor_model():
+    model = sk.FusedSimpleCNN().eval()
+    x = torch.randn(8, 3, 32, 32)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_compile_training_step_aot_eager():
+    # The backward formula is traced into AOTAutograd's joint graph too.
+    model = sk.FusedSimpleCNN()
+    ref = sk.SimpleCNN()
+    ref.load_state_dict(model.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    compiled(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_export_keeps_one_node_and_round_trips():
+    model = sk.FusedSimpleCNN().eval()
+    x = torch.randn(2, 3, 32, 32)
+    ep = torch.export.export(model, (x,))
+    ops = _graph_ops(ep.graph_module)
+    assert ops.count("simplecnn.conv3x3_relu_maxpool2d.default") == 1, ops
+    buffer = io.BytesIO()
+    torch.export.save(ep, buffer)
+    buffer.seek(0)
+    loaded = torch.export.load(buffer)
+    torch.testing.assert_close(loaded.module()(x), model(x))
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def _bad_cases():
+    x, w, b = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4)
+    return {
+        # name: (input, weight, bias, message pattern, whether stock raises too)
+        "input 2-D": (x[0, 0], w, b, r"expected input of shape \(N, C_in, H, W\)", True),
+        "input 5-D": (x[None], w, b, r"expected input of shape", True),
+        "C_in mismatch": (
+            torch.randn(2, 5, 8, 8),
+            w,
+            b,
+            r"input has 5 channels but weight expects C_in=3",
+            True,
+        ),
+        "kernel 5x5": (
+            x,
+            torch.randn(4, 3, 5, 5),
+            b,
+            r"expected weight of shape \(C_out, C_in, 3, 3\)",
+            False,
+        ),
+        "weight 3-D": (x, w[0], b, r"expected weight of shape", True),
+        "bias length": (x, w, torch.randn(5), r"expected bias of shape \(C_out,\) = \(4,\)", True),
+        "bias 2-D": (x, w, b[None], r"expected bias of shape", True),
+        "dtype mismatch": (
+            x,
+            w.double(),
+            b,
+            r"same dtype, got input torch.float32, weight torch.float64",
+            True,
+        ),
+        "bias dtype": (x, w, b.half(), r"same dtype", True),
+        # Stock computes integer convolutions on the CPU; the fused kernels are float-only.
+        "integer tensors": (
+            x.long(),
+            w.long(),
+            b.long(),
+            r"expected a float32, float64, float16 or bfloat16 input",
+            False,
+        ),
+        # Without a GPU, meta is the other device; stock lets it through (tests/gpu covers cuda).
+        "device mismatch": (x, w.to("meta"), b, r"same device, got input cpu, weight meta", False),
+        "H < 2": (torch.randn(2, 3, 1, 8), w, b, r"needs H >= 2 and W >= 2", True),
+        "W < 2": (torch.randn(2, 3, 8, 1), w, b, r"needs H >= 2 and W >= 2", True),
+        # Stock returns a malformed empty tensor here; a clear error is more useful.
+        "C_in = 0": (
+            torch.randn(2, 0, 8, 8),
+            torch.randn(4, 0, 3, 3),
+            b,
+            r"C_in and C_out must be positive",
+            False,
+        ),
+        "C_out = 0": (x, torch.randn(0, 3, 3, 3), None, r"C_in and C_out must be positive", True),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_cases()))
+def test_bad_input_raises_clear_error(case):
+    x, w, b, pattern, stock_raises = _bad_cases()[case]
+    with pytest.raises(RuntimeError, match=pattern):
+        sk.conv3x3_relu_maxpool2d(x, w, b)
+    if stock_raises:
+        with pytest.raises((RuntimeError, ValueError)):
+            stock(x, w, b)
+
+
+@pytest.mark.parametrize("case", list(_bad_cases()))
+def test_bad_input_raises_under_compile(case):
+    x, w, b, pattern, _ = _bad_cases()[case]
+    # Static shapes, so the message carries sizes rather than symbols.
+    fn = torch.compile(sk.conv3x3_relu_maxpool2d, backend="eager", fullgraph=True, dynamic=False)
+    with pytest.raises(Exception, match=pattern):
+        fn(x, w, b)
+
+
+# The dispatcher sends a cpu/meta mix to the Meta kernel, which the private op lacks.
+@pytest.mark.parametrize(
+    "case", [c for c in _bad_cases() if c not in ("input 2-D", "input 5-D", "device mismatch")]
+)
+def test_compiled_kernel_checks_its_own_inputs(case):
+    # The C++ op is reachable directly; it must raise, never crash or read out of bounds.
+    x, w, b, pattern, _ = _bad_cases()[case]
+    with pytest.raises(RuntimeError, match=pattern):
+        torch.ops.simplecnn._fused_forward(x, w, b)
+
+
+def test_unknown_backend():
+    x, w, b = make_inputs(1, 3, 4, 4, 4)
+    with pytest.raises(ValueError, match=re.escape("unknown backend 'fast'")):
+        sk.conv3x3_relu_maxpool2d(x, w, b, backend="fast")
+    with pytest.raises(ValueError, match="unknown backend"):
+        sk.Conv3x3ReLUMaxPool2d(3, 4, backend="fast")
+
+
+def test_backend_for_another_device():
+    x, w, b = make_inputs(1, 3, 4, 4, 4)
+    with pytest.raises(RuntimeError, match=r"backend 'cuda' cannot run on cpu tensors"):
+        sk.conv3x3_relu_maxpool2d(x, w, b, backend="cuda")
+
+
+@pytest.mark.slow
+def test_offsets_beyond_2_31_elements():
+    # 2^31 + 2^21 input elements (float16, 4.3 GB): the last rows sit past any int32 offset.
+    h, w = 2**16 + 64, 2**15
+    x = torch.empty(1, 1, h, w, dtype=torch.float16).uniform_(-1, 1)
+    weight, bias = torch.randn(1, 1, 3, 3, dtype=torch.float16), torch.randn(1, dtype=torch.float16)
+    assert x.numel() > 2**31
+    out = sk.conv3x3_relu_maxpool2d(x, weight, bias, backend="cpu")
+    for start in (0, 2**16 - 64, h - 64):  # row crops at the start, just below 2^31, past it
+        crop = x[:, :, start : start + 64]
+        expected = stock(crop.float(), weight.float(), bias.float())
+        # The crop's first and last rows lack their outer neighbour: compare the inside.
+        got = out[:, :, start // 2 + 1 : start // 2 + 31].float()
+        torch.testing.assert_close(got, expected[:, :, 1:31], atol=2e-3, rtol=2e-3)
