@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -113,6 +116,20 @@ def _time_cuda_events(fn: Callable[[], object], reps: int = 50) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def cpu_fma_peak_gflops(threads: int) -> float | None:
+    """The CPU's float32 FMA peak on `threads` threads, from bench/fma_peak.cpp (None where it
+    cannot be built: no g++, or not x86-64)."""
+    if shutil.which("g++") is None or platform.machine() != "x86_64":
+        return None
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fma_peak.cpp")
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = os.path.join(tmp, "fma_peak")
+        subprocess.run(["g++", "-O2", "-fopenmp", source, "-o", binary], check=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        out = subprocess.run([binary], env=env, check=True, capture_output=True, text=True).stdout
+    return float(out.split()[0])
 
 
 def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:

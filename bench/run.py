@@ -20,7 +20,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from measure import copy_bandwidth_gbs, machine, machine_label, time_cpu, time_cuda
+from measure import (
+    copy_bandwidth_gbs,
+    cpu_fma_peak_gflops,
+    machine,
+    machine_label,
+    time_cpu,
+    time_cuda,
+)
 
 import simplecnn_kernels as sk
 
@@ -144,6 +151,8 @@ def run(args) -> None:
         )
         if device == "cuda":
             info["copy_bandwidth_gbs"] = round(copy_bandwidth_gbs(), 1)
+        else:
+            info["fma_peak_gflops"] = cpu_fma_peak_gflops(torch.get_num_threads())
         for i, (dtype, what, batch) in enumerate(plan, 1):
             t0 = time.perf_counter()
             print(
@@ -175,6 +184,8 @@ def run(args) -> None:
                     "images_per_s": batch / ms * 1e3,
                     "max_rel_err": errors.get(provider),
                 }
+                if info.get("fma_peak_gflops"):
+                    row["fraction_of_peak"] = row["gflops"] / info["fma_peak_gflops"]
                 if device == "cuda" and what != "model":
                     c_in, c_out, h, w = LAYERS[what]
                     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -200,7 +211,19 @@ def run(args) -> None:
 
 
 def print_table(result: dict) -> None:
-    print(f"\n## {machine_label(result['machine'])}")
+    info = result["machine"]
+    print(f"\n## {machine_label(info)}")
+    if info.get("fma_peak_gflops"):
+        print(f"% peak: GFLOP/s over the measured FMA peak, {info['fma_peak_gflops']:.0f} GFLOP/s.")
+    if info.get("copy_bandwidth_gbs"):
+        print(
+            "% peak (layers): input read once + output written once, over the measured copy "
+            f"bandwidth, {info['copy_bandwidth_gbs']:.0f} GB/s."
+        )
+    print(
+        "GFLOP/s count the direct convolution's FLOPs (2 * N * C_out * H * W * C_in * 9), also "
+        "for the Winograd path, which does fewer."
+    )
     header = [
         "what",
         "dtype",
@@ -210,12 +233,14 @@ def print_table(result: dict) -> None:
         "x eager",
         "x compiled",
         "GFLOP/s",
+        "% peak",
         "images/s",
         "max rel err",
     ]
     lines = []
     for r in result["rows"]:
         err = "" if r["max_rel_err"] is None else f"{r['max_rel_err']:.1e}"
+        peak = r.get("fraction_of_peak", r.get("fraction_of_copy_bandwidth"))
         lines.append(
             [
                 r["what"],
@@ -226,6 +251,7 @@ def print_table(result: dict) -> None:
                 f"{r['speedup_vs_eager']:.2f}",
                 f"{r['speedup_vs_compiled']:.2f}",
                 f"{r['gflops']:.1f}",
+                "" if peak is None else f"{100 * peak:.0f}%",
                 f"{r['images_per_s']:,.0f}",
                 err,
             ]

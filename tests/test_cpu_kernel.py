@@ -79,35 +79,114 @@ def _ymm_stack_accesses(disassembly: str, function: str) -> tuple[int, int]:
     return fmas, spills
 
 
-@pytest.mark.skipif(
-    shutil.which("g++") is None or shutil.which("objdump") is None, reason="needs g++ and objdump"
-)
-@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the AVX2 kernel is x86-64 only")
-def test_avx2_kernel_keeps_its_accumulators_in_registers(tmp_path):
-    # A regression check on what GCC emits (see csrc/cpu/chunk_avx2.cpp): every FMA is there
-    # and the 2 x CO x 2 accumulators are not spilled. Before the unroll pragmas GCC kept them
-    # on the stack (40 ymm stack accesses for CO = 3) and ran ~10% slower.
-    obj = tmp_path / "chunk_avx2.o"
+def _disassemble(source: str, tmp_path) -> str:
+    obj = tmp_path / (Path(source).stem + ".o")
     subprocess.run(
-        [
-            "g++",
-            "-O3",
-            "-std=c++20",
-            "-fPIC",
-            "-c",
-            str(ROOT / "csrc/cpu/chunk_avx2.cpp"),
-            "-o",
-            str(obj),
-        ],
-        check=True,
+        ["g++", "-O3", "-std=c++20", "-fPIC", "-c", str(ROOT / source), "-o", str(obj)], check=True
     )
-    disassembly = subprocess.run(
+    return subprocess.run(
         ["objdump", "-d", "--no-show-raw-insn", "-C", str(obj)],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
+
+
+needs_toolchain = pytest.mark.skipif(
+    shutil.which("g++") is None
+    or shutil.which("objdump") is None
+    or os.uname().machine != "x86_64",
+    reason="needs g++ and objdump on x86-64",
+)
+
+
+@needs_toolchain
+def test_avx2_kernels_keep_their_accumulators_in_registers(tmp_path):
+    # A regression check on what GCC emits (compiled as setup.py does, -O3): every FMA is there
+    # and the accumulators are not spilled. Before the unroll pragmas in chunk_avx2.cpp GCC kept
+    # them on the stack (40 ymm stack accesses for CO = 3) and ran ~10% slower.
+    direct = _disassemble("csrc/cpu/chunk_avx2.cpp", tmp_path)
     for co in (1, 2, 3):
-        fmas, spills = _ymm_stack_accesses(disassembly, f"chunk_avx2<{co}>")
+        fmas, spills = _ymm_stack_accesses(direct, f"chunk_avx2<{co}>")
         assert fmas == 36 * co, f"chunk_avx2<{co}>: {fmas} FMAs, expected {36 * co}"
         assert spills <= 2, f"chunk_avx2<{co}>: {spills} ymm stack accesses"
+    winograd = _disassemble("csrc/cpu/winograd_avx2.cpp", tmp_path)
+    for rows in (1, 6):
+        fmas, spills = _ymm_stack_accesses(winograd, f"gemm_tiles<{rows}>")
+        assert fmas == 2 * rows, f"gemm_tiles<{rows}>: {fmas} FMAs, expected {2 * rows}"
+        assert spills == 0, f"gemm_tiles<{rows}>: {spills} ymm stack accesses"
+
+
+# --- the Winograd path (wide layers) -----------------------------------------------------------
+
+needs_avx2 = pytest.mark.skipif(not {"avx2", "fma"} <= _cpu_flags(), reason="CPU lacks AVX2+FMA")
+
+
+def _algorithm(x, w):
+    return torch.ops.simplecnn._cpu_algorithm(x, w)
+
+
+@needs_avx2
+def test_algorithm_choice():
+    from checks import make_inputs
+
+    wide = make_inputs(1, 64, 64, 16, 16)
+    assert _algorithm(*wide[:2]) == "winograd"
+    assert _algorithm(*make_inputs(2, 3, 18, 32, 32)[:2]) == "direct"  # few input channels
+    assert _algorithm(*make_inputs(1, 64, 64, 8, 8)[:2]) == "direct"  # 16 windows: too few
+    x, w, _ = make_inputs(2, 64, 64, 16, 16, dtype=torch.float64)
+    assert _algorithm(x, w) == "direct"  # float64 keeps the direct sums
+    x, w, _ = wide
+    w = w.clone()
+    w[3, 5, 1, 1] = float("inf")
+    assert _algorithm(x, w) == "direct"  # the weight transform would turn inf into NaN
+
+
+WINOGRAD_SHAPES = [
+    (1, 64, 64, 16, 16),
+    (4, 17, 20, 9, 11),  # C_in not a multiple of 8, C_out not of 16, odd H and W
+    (3, 32, 48, 6, 40),  # several images and rows per call, a long row
+    (20, 24, 16, 4, 4),  # 2x2 windows per image: whole images per call
+]
+
+
+@needs_avx2
+@pytest.mark.parametrize("shape", WINOGRAD_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_winograd_matches_stock(shape, dtype, layout):
+    from checks import assert_matches_reference, make_inputs
+
+    import simplecnn_kernels as sk
+
+    x, w, b = make_inputs(*shape, dtype=dtype, layout=layout)
+    assert _algorithm(x, w) == "winograd"
+    assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"), x, w, b)
+
+
+@needs_avx2
+@pytest.mark.parametrize("special", [float("nan"), float("inf"), -float("inf")], ids=str)
+def test_winograd_rows_with_nan_or_inf_fall_back_to_direct_sums(special):
+    # inf - inf inside the transforms would give NaN where the stock sum gives +-inf; those
+    # windows are recomputed directly, so the result equals stock everywhere.
+    from checks import assert_matches_reference, make_inputs
+
+    import simplecnn_kernels as sk
+
+    x, w, b = make_inputs(3, 32, 32, 16, 16)
+    x.view(-1)[torch.randperm(x.numel())[:5]] = special
+    assert _algorithm(x, w) == "winograd"
+    out = sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu")
+    assert_matches_reference(out, x, w, b)
+    assert not torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("special", [float("nan"), float("inf")], ids=str)
+def test_wide_layer_with_non_finite_weights(special):
+    from checks import assert_matches_reference, make_inputs
+
+    import simplecnn_kernels as sk
+
+    x, w, b = make_inputs(2, 32, 32, 16, 16)
+    w[7, 3, 0, 2] = special
+    assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"), x, w, b)

@@ -10,18 +10,16 @@
 
 #include <immintrin.h>
 
+#include "avx2_helpers.h"
+
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 
 namespace simplecnn::cpu {
 namespace {
 
-// Max that propagates NaN from either side, as the stock max-pool does. _mm256_max_ps returns
-// its second operand when either is NaN, so put the first operand's NaNs back.
-inline __m256 max_keep_nan(__m256 a, __m256 b) {
-  const __m256 m = _mm256_max_ps(a, b);
-  return _mm256_blendv_ps(m, a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
-}
+using avx2::max_keep_nan;
+using avx2::relu_keep_nan;
 
 // A broadcast the compiler may not merge with an earlier one of the same weight. Each weight
 // serves conv row 0 at input row r and conv row 1 at input row r + 1; GCC merges those two
@@ -112,9 +110,7 @@ void chunk_avx2(const ChunkArgs<float>& a) {
     __m256 pooled = max_keep_nan(even, odd);
     pooled = _mm256_castpd_ps(
         _mm256_permute4x64_pd(_mm256_castps_pd(pooled), _MM_SHUFFLE(3, 1, 2, 0)));
-    // ReLU once per pooled value (max(relu(c)) == relu(max(c))); with zero as the first
-    // operand, _mm256_max_ps passes NaN through.
-    pooled = _mm256_max_ps(_mm256_setzero_ps(), pooled);
+    pooled = relu_keep_nan(pooled);  // once per pooled value: max(relu(c)) == relu(max(c))
     float* dst = a.out + co * a.out_ch_stride;
     if (a.n_out == kChunkPooled) {
       _mm256_storeu_ps(dst, pooled);
