@@ -56,10 +56,7 @@ def stock(x, w, b):
 
 
 def fused_backends(device: str) -> list[str]:
-    dev = torch.device(device)
-    return [
-        b for b in sk.BACKENDS if b != "reference" and sk.ops._unavailable_reason(b, dev) is None
-    ]
+    return [b for b in sk.ops.backends_for(device) if b != "reference"]
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -9,11 +9,7 @@ import simplecnn_kernels as sk
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = {"SimpleCNN layer N=256 3->18 32x32": (256, 3, 18), "wide N=16 64->64 32x32": (16, 64, 64)}
-BACKENDS = [
-    b
-    for b in sk.BACKENDS
-    if b != "reference" and sk.ops._unavailable_reason(b, torch.device(DEVICE)) is None
-]
+BACKENDS = [b for b in sk.ops.backends_for(DEVICE) if b != "reference"]
 
 
 def stock(x, w, b):

@@ -8,12 +8,15 @@ is registered in C++ (csrc/conv3x3_relu_maxpool2d.cpp); this module gives it the
 - the fake (meta) kernel, so ``torch.compile`` and ``torch.export`` keep the op as one node,
 - autograd.
 
-Backends: ``"cpu"`` (the C++ kernel in csrc/cpu), ``"cuda"`` (the CUDA C++ kernel in csrc/cuda,
+Backends: ``"cpu"`` (the C++ kernel in csrc/cpu), ``"triton"`` (triton_conv3x3_relu_maxpool2d.py,
+when triton is installed; the default on CUDA), ``"cuda"`` (the CUDA C++ kernel in csrc/cuda,
 when built) and ``"reference"`` (the stock PyTorch composition).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import warnings
 
 import torch
@@ -23,7 +26,7 @@ from torch._prims_common import suggest_memory_format
 
 from . import _C  # noqa: F401  (loads the library that registers torch.ops.simplecnn)
 
-BACKENDS = ("cpu", "cuda", "reference")
+BACKENDS = ("cpu", "triton", "cuda", "reference")
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 _OP_NAME = "simplecnn::conv3x3_relu_maxpool2d"
@@ -102,10 +105,21 @@ def _cuda_kernel_built() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("simplecnn::_fused_forward", "CUDA")
 
 
-def _unavailable_reason(backend: str, device: torch.device) -> str | None:
-    """Why the (known) `backend` cannot run on tensors of `device`, or None when it can."""
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the (known) `backend` cannot run on tensors of this device and dtype, or None."""
     if backend == "cpu":
         return None if device.type == "cpu" else "it runs on CPU tensors only"
+    if backend == "triton":
+        if not _triton_installed():
+            return "triton is not installed"
+        from . import triton_conv3x3_relu_maxpool2d as triton_kernel
+
+        return triton_kernel.unavailable_reason(device, dtype)
     if backend == "cuda":
         if not _cuda_kernel_built():
             return "this build of simplecnn_kernels has no CUDA kernel"
@@ -123,41 +137,53 @@ def _check_backend_name(backend: str | None) -> None:
 _warned_fallback: set[str] = set()
 
 
-def _default_backend(device: torch.device) -> str:
-    if device.type == "cpu":
-        return "cpu"
-    if device.type == "cuda" and _unavailable_reason("cuda", device) is None:
-        return "cuda"
-    if device.type not in _warned_fallback:
-        _warned_fallback.add(device.type)
+# The default per device type, best first: on CUDA Triton, then the CUDA C++ kernel (no
+# triton, or float64), then the stock composition.
+_PREFERENCE = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
+
+
+def _default_backend(device: torch.device, dtype: torch.dtype) -> str:
+    for backend in _PREFERENCE.get(device.type, ()):
+        if _unavailable_reason(backend, device, dtype) is None:
+            return backend
+    key = f"{device.type} {dtype}"
+    if key not in _warned_fallback:
+        _warned_fallback.add(key)
         warnings.warn(
-            f"conv3x3_relu_maxpool2d: no fused kernel runs on {device.type} tensors here; "
-            "using the stock composition (backend='reference')",
+            f"conv3x3_relu_maxpool2d: no fused kernel runs on {device.type} {dtype} tensors "
+            "here; using the stock composition (backend='reference')",
             stacklevel=3,
         )
     return "reference"
 
 
-def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """The backend that runs for `backend` (None: the best one) on tensors of `device`."""
+def resolve_backend(
+    backend: str | None, device: torch.device, dtype: torch.dtype = torch.float32
+) -> str:
+    """The backend that runs for `backend` (None: the best one) on tensors of this device and
+    dtype."""
     _check_backend_name(backend)
     if backend is None:
-        return _default_backend(device)
-    reason = _unavailable_reason(backend, device)
+        return _default_backend(device, dtype)
+    reason = _unavailable_reason(backend, device, dtype)
     if reason is not None:
         raise RuntimeError(
-            f"conv3x3_relu_maxpool2d: backend {backend!r} cannot run on {device.type} tensors: "
-            f"{reason}. Available here: {available_backends()}"
+            f"conv3x3_relu_maxpool2d: backend {backend!r} cannot run on {device.type} {dtype} "
+            f"tensors: {reason}. Available here: {available_backends()}"
         )
     return backend
 
 
+def backends_for(device: torch.device | str, dtype: torch.dtype = torch.float32) -> list[str]:
+    """The backends that can run on tensors of this device and dtype."""
+    device = torch.device(device)
+    return [b for b in BACKENDS if _unavailable_reason(b, device, dtype) is None]
+
+
 def available_backends() -> list[str]:
-    """The backends that can run on this machine, on at least one of its devices."""
-    devices = [torch.device("cpu")]
-    if torch.cuda.is_available():
-        devices.append(torch.device("cuda"))
-    return [b for b in BACKENDS if any(_unavailable_reason(b, d) is None for d in devices)]
+    """The backends that can run on this machine (on float32 tensors of one of its devices)."""
+    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    return [b for b in BACKENDS if any(b in backends_for(d) for d in devices)]
 
 
 def _reference(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -168,6 +194,10 @@ def _run_backend(backend: str, input: Tensor, weight: Tensor, bias: Tensor | Non
     """Runs one backend on a 4-D input."""
     if backend in ("cpu", "cuda"):
         return torch.ops.simplecnn._fused_forward(input, weight, bias)
+    if backend == "triton":
+        from . import triton_conv3x3_relu_maxpool2d as triton_kernel
+
+        return triton_kernel.forward(input, weight, bias)
     return _reference(input, weight, bias)
 
 
@@ -179,7 +209,7 @@ def _forward(
     input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
 ) -> Tensor:
     _check_inputs(input, weight, bias)
-    backend = resolve_backend(backend, input.device)
+    backend = resolve_backend(backend, input.device, input.dtype)
     if input.dim() == 3:
         return _run_backend(backend, input.unsqueeze(0), weight, bias).squeeze(0)
     return _run_backend(backend, input, weight, bias)

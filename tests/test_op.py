@@ -305,9 +305,11 @@ def test_unknown_backend():
         sk.Conv3x3ReLUMaxPool2d(3, 4, backend="fast")
 
 
-def test_backend_for_another_device():
+def test_backend_for_another_device_or_dtype():
     x, w, b = make_inputs(1, 3, 4, 4, 4)
-    with pytest.raises(RuntimeError, match=r"backend 'cuda' cannot run on cpu tensors"):
+    with pytest.raises(
+        RuntimeError, match=r"backend 'cuda' cannot run on cpu torch.float32 tensors"
+    ):
         sk.conv3x3_relu_maxpool2d(x, w, b, backend="cuda")
 
 

@@ -1,0 +1,128 @@
+"""The Triton kernels: on a GPU when there is one, else through the Triton interpreter on CPU
+tensors (tiny shapes: the interpreter costs ~20 ms per program and input channel); and their
+sm_90 compilation, which needs no GPU."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from checks import TOLERANCE, assert_matches_reference, make_inputs, reference
+
+import simplecnn_kernels as sk
+
+triton = pytest.importorskip("triton")
+from simplecnn_kernels import triton_conv3x3_relu_maxpool2d as tk  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(
+    DEVICE == "cpu" and not tk.INTERPRETED, reason="no GPU and not interpreting"
+)
+KERNELS = ["dot", "fma"]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SHAPES = [  # (N, C_in, C_out, H, W): at most ~36 programs each under the interpreter
+    (2, 3, 18, 8, 8),  # RGB in: K = 27, one chunk
+    (1, 5, 7, 9, 13),  # odd sizes, C_out not a multiple of the block
+    (2, 3, 20, 17, 35),  # several pixel blocks per image
+    (1, 17, 20, 6, 6),  # K = 153: several K chunks, C_in not a multiple of anything
+]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_kernel_matches_stock(kernel, shape, dtype, layout):
+    x, w, b = make_inputs(*shape, dtype=dtype, layout=layout, device=DEVICE)
+    assert_matches_reference(tk.forward(x, w, b, kernel=kernel), x, w, b)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernel_without_bias(kernel):
+    x, w, _ = make_inputs(2, 3, 5, 7, 9, device=DEVICE, bias=False)
+    assert_matches_reference(tk.forward(x, w, None, kernel=kernel), x, w, None)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # interpreter
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_kernel_nan_and_inf(kernel, dtype):
+    x, w, b = make_inputs(2, 3, 6, 12, 14, dtype=dtype, device=DEVICE)
+    flat = x.view(-1)
+    where = torch.randperm(flat.numel(), device=DEVICE)[:6]
+    flat[where] = torch.tensor([math.nan, math.inf, -math.inf] * 2, dtype=dtype, device=DEVICE)
+    b[1] = math.inf
+    out = tk.forward(x, w, b, kernel=kernel)
+    assert_matches_reference(out, x, w, b)
+    assert torch.isnan(out).any() and torch.isinf(out).any()
+
+
+def test_op_backend_triton_unbatched_and_empty():
+    x, w, b = make_inputs(None, 3, 4, 6, 6, device=DEVICE)
+    out = sk.conv3x3_relu_maxpool2d(x, w, b, backend="triton")
+    assert out.shape == (4, 3, 3)
+    assert_matches_reference(out, x, w, b)
+    x, w, b = make_inputs(0, 3, 4, 6, 6, device=DEVICE)
+    assert sk.conv3x3_relu_maxpool2d(x, w, b, backend="triton").shape == (0, 4, 3, 3)
+
+
+def test_op_backend_triton_opcheck_and_compile():
+    x, w, b = make_inputs(2, 3, 4, 6, 6, device=DEVICE)
+    torch.library.opcheck(
+        torch.ops.simplecnn.conv3x3_relu_maxpool2d, (x, w, b), {"backend": "triton"}
+    )
+    fn = torch.compile(
+        lambda x, w, b: sk.conv3x3_relu_maxpool2d(x, w, b, backend="triton"),
+        backend="aot_eager",
+        fullgraph=True,
+    )
+    assert_matches_reference(fn(x, w, b), x, w, b)
+
+
+def test_triton_rejects_float64():
+    x, w, b = make_inputs(1, 3, 4, 4, 4, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(
+        RuntimeError, match=r"the Triton kernels take float32, float16 and bfloat16"
+    ):
+        sk.conv3x3_relu_maxpool2d(x, w, b, backend="triton")
+
+
+def test_kernel_choice_follows_the_tf32_setting():
+    x, w, b = make_inputs(1, 3, 4, 4, 4, device=DEVICE)
+    out = torch.empty(1, 4, 2, 2, device=DEVICE)
+    torch.backends.cudnn.allow_tf32 = True  # restored by conftest's fixture
+    assert tk.choose_kernel(x, out) == "dot"
+    assert tk.choose_kernel(x.half(), out.half()) == "dot"
+    torch.backends.cudnn.allow_tf32 = False
+    assert tk.choose_kernel(x, out) == "fma"
+    assert tk.choose_kernel(x.bfloat16(), out.bfloat16()) == "dot"
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="TF32 exists on GPUs only")
+def test_tf32_path_within_tf32_error():
+    # float32 through the tensor cores with TF32 inputs (10-bit mantissa), as the stock conv
+    # does by default: the error stays within a few TF32 roundings of the float64 result.
+    torch.backends.cudnn.allow_tf32 = True
+    x, w, b = make_inputs(64, 3, 18, 32, 32, device=DEVICE)
+    out = sk.conv3x3_relu_maxpool2d(x, w, b, backend="triton").double()
+    ref, scale = reference(x, w, b)
+    assert ((out - ref).abs() / scale).max() < 4e-3
+    assert TOLERANCE[torch.float32] < 4e-3
+
+
+# --- compiled for an H100 without a GPU ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_every_config_compiles_for_sm90_without_spills():
+    # In a process of its own: this session may be interpreting, which never compiles.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("triton_sm90.py")
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert result.stdout.count("\n") > 2 * 3  # a line per config and dtype
