@@ -10,6 +10,8 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1
 MAX_JOBS ?= 2
 BENCH_ARGS ?=
+# GPU architectures for the CUDA kernel (Ampere and Hopper, PTX for newer): override as needed.
+export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 
 SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
 

@@ -91,12 +91,11 @@ def extension():
     # shares torch's thread pool and obeys torch.set_num_threads.
     cxx_flags = ["-O3", "-fopenmp"]
     if build_cuda():
-        nvcc_flags = ["-O3", "-lineinfo"]
+        nvcc_flags = ["-O3", "-lineinfo"]  # no --use_fast_math: NaN/Inf must stay exact
         return CUDAExtension(
             "simplecnn_kernels._C",
-            sources + sorted(glob.glob("csrc/cuda/*.cu")),
+            sources + sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu")),
             include_dirs=cuda_wheel_includes(),
-            define_macros=[("SIMPLECNN_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
         )
     return CppExtension("simplecnn_kernels._C", sources, extra_compile_args={"cxx": cxx_flags})

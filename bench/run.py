@@ -4,10 +4,11 @@ For every device here (the CPU; a CUDA GPU when present) and every fused backend
 it, it checks the fused result against a float64 stock result, then times it side by side with
 stock eager (NCHW), stock channels_last and ``torch.compile`` of the stock composition, over batch
 sizes, for the layer and for the whole model. It prints a table (median ms, speedups, GFLOP/s,
-images/s) and writes bench/results/<device>.json and <device>.png.
+% of peak, images/s) and writes bench/results/<name>.json (after every case, so an interrupted
+run keeps what it measured) and <name>.png.
 
     python bench/run.py                      # every device here, float32
-    python bench/run.py --device cuda --dtype float32 bfloat16 --batches 1 1024 4096 16384
+    python bench/run.py --device cuda --dtype float32 bfloat16 --cases 3-18 --batches 4096
 """
 
 from __future__ import annotations
@@ -32,21 +33,14 @@ from measure import (
 import simplecnn_kernels as sk
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LAYERS = {  # name: (C_in, C_out, H, W)
-    "3->18 32x32": (3, 18, 32, 32),  # the SimpleCNN layer
-    "64->64 32x32": (64, 64, 32, 32),  # wide channels
+LAYERS = {  # case name: (C_in, C_out, H, W)
+    "3-18": (3, 18, 32, 32),  # the SimpleCNN layer
+    "64-64": (64, 64, 32, 32),  # wide channels
 }
+CASES = [*LAYERS, "model"]
 DEFAULT_BATCHES = {
-    "cpu": {
-        "3->18 32x32": [1, 16, 64, 256, 1024],
-        "64->64 32x32": [1, 16, 64],
-        "model": [1, 16, 64, 256, 1024],
-    },
-    "cuda": {
-        "3->18 32x32": [1, 64, 1024, 4096, 16384],
-        "64->64 32x32": [64, 1024],
-        "model": [1, 64, 1024, 4096, 16384],
-    },
+    "cpu": {"3-18": [1, 16, 64, 256, 1024], "64-64": [1, 16, 64], "model": [1, 16, 64, 256, 1024]},
+    "cuda": {"3-18": [1, 256, 4096, 16384], "64-64": [64, 1024], "model": [256, 4096]},
 }
 DEFAULT_COMPILE_MODE = {"cpu": "default", "cuda": "max-autotune"}
 
@@ -68,32 +62,38 @@ def compiled(fn, mode: str):
     return torch.compile(fn, mode=None if mode == "default" else mode, dynamic=False)
 
 
-def layer_case(device, dtype, name, batch, compile_mode):
-    c_in, c_out, h, w_ = LAYERS[name]
+def layer_case(device, dtype, case, batch, compile_mode):
+    c_in, c_out, h, w_ = LAYERS[case]
     x = torch.randn(batch, c_in, h, w_, device=device, dtype=dtype)
     w = torch.randn(c_out, c_in, 3, 3, device=device, dtype=dtype) / (3 * c_in**0.5)
     b = torch.randn(c_out, device=device, dtype=dtype)
-    x_cl, w_cl = (
-        x.contiguous(memory_format=torch.channels_last),
-        w.contiguous(memory_format=torch.channels_last),
-    )
-    stock_compiled = compiled(stock, compile_mode)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    w_cl = w.contiguous(memory_format=torch.channels_last)
     providers = {
         "stock eager": lambda: stock(x, w, b),
         "stock channels_last": lambda: stock(x_cl, w_cl, b),
-        f"stock compiled ({compile_mode})": lambda: stock_compiled(x, w, b),
     }
-    ref = stock(x.double(), w.double(), b.double())
-    errors = {}
-    for backend in fused_backends(device):
-        providers[f"fused {backend}"] = lambda backend=backend: sk.conv3x3_relu_maxpool2d(
+    if compile_mode != "none":
+        stock_compiled = compiled(stock, compile_mode)
+        providers[f"stock compiled ({compile_mode})"] = lambda: stock_compiled(x, w, b)
+    fused = {
+        f"fused {backend}": lambda backend=backend: sk.conv3x3_relu_maxpool2d(
             x, w, b, backend=backend
         )
-        errors[f"fused {backend}"] = rel_err(
-            sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend), ref
-        )
+        for backend in fused_backends(device)
+    }
+    if device == "cuda" and "triton" in fused_backends(device):
+        from simplecnn_kernels import triton_conv3x3_relu_maxpool2d as tk
+
+        # The multiply-add kernel too, to check the choice of the tensor-core one.
+        fused["fused triton (fma kernel)"] = lambda: tk.forward(x, w, b, kernel="fma")
+    ref = stock(x.double(), w.double(), b.double())
+    errors = {name: rel_err(fn(), ref) for name, fn in fused.items()}
+    providers.update(fused)
     flops = 2 * batch * c_out * h * w_ * c_in * 9
-    return providers, errors, flops
+    itemsize = x.element_size()
+    moved = batch * (c_in * h * w_ + c_out * (h // 2) * (w_ // 2)) * itemsize
+    return providers, errors, flops, moved
 
 
 def model_case(device, dtype, batch, compile_mode):
@@ -105,106 +105,101 @@ def model_case(device, dtype, batch, compile_mode):
     ref_model = sk.SimpleCNN(device=device, dtype=torch.float64).eval()
     ref_model.load_state_dict(stock_model.state_dict())
     ref = ref_model(x.double())
-    stock_compiled = compiled(stock_model, compile_mode)
     providers = {
         "stock eager": lambda: stock_model(x),
         "stock channels_last": lambda: stock_cl(x_cl),
-        f"stock compiled ({compile_mode})": lambda: stock_compiled(x),
     }
+    if compile_mode != "none":
+        stock_compiled = compiled(stock_model, compile_mode)
+        providers[f"stock compiled ({compile_mode})"] = lambda: stock_compiled(x)
     errors = {}
     for backend in fused_backends(device):
         fused = sk.FusedSimpleCNN(device=device, dtype=dtype, backend=backend).eval()
         fused.load_state_dict(stock_model.state_dict())
-        fused_compiled = torch.compile(
-            fused, mode=None if compile_mode == "default" else compile_mode, dynamic=False
-        )
         providers[f"fused {backend}"] = lambda m=fused: m(x)
-        providers[f"fused {backend} compiled"] = lambda m=fused_compiled: m(x)
         errors[f"fused {backend}"] = rel_err(fused(x), ref)
+        if compile_mode != "none":
+            fused_compiled = compiled(fused, compile_mode)
+            providers[f"fused {backend} compiled"] = lambda m=fused_compiled: m(x)
     flops = 2 * batch * 18 * 32 * 32 * 3 * 9 + 2 * batch * (4608 * 64 + 64 * 10)
-    return providers, errors, flops
+    return providers, errors, flops, None
 
 
 def run(args) -> None:
-    devices = (
-        ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-        if args.device == "all"
-        else [args.device]
-    )
+    if args.device == "all":
+        devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    else:
+        devices = [args.device]
     for device in devices:
         info = machine(device)
         compile_mode = args.compile_mode or DEFAULT_COMPILE_MODE[device]
         timer = time_cuda if device == "cuda" else time_cpu
-        plan = []
-        for dtype_name in args.dtype:
-            dtype = getattr(torch, dtype_name)
-            for what in [*LAYERS, "model"]:
-                for batch in args.batches or DEFAULT_BATCHES[device][what]:
-                    plan.append((dtype, what, batch))
-        rows = []
+        plan = [
+            (getattr(torch, dtype), case, batch)
+            for dtype in args.dtype
+            for case in args.cases
+            for batch in (args.batches or DEFAULT_BATCHES[device][case])
+        ]
         print(
-            f"# {device}: {machine_label(info)}; fused backends: {fused_backends(device)}",
-            file=sys.stderr,
+            f"# {device}: {machine_label(info)}; fused: {fused_backends(device)}", file=sys.stderr
         )
         if device == "cuda":
             info["copy_bandwidth_gbs"] = round(copy_bandwidth_gbs(), 1)
         else:
             info["fma_peak_gflops"] = cpu_fma_peak_gflops(torch.get_num_threads())
-        for i, (dtype, what, batch) in enumerate(plan, 1):
-            t0 = time.perf_counter()
-            print(
-                f"[{i}/{len(plan)}] {device} {dtype} {what} N={batch} ...",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-            with torch.no_grad():
-                if what == "model":
-                    providers, errors, flops = model_case(device, dtype, batch, compile_mode)
-                else:
-                    providers, errors, flops = layer_case(device, dtype, what, batch, compile_mode)
-                times = timer(providers)
-            eager = times["stock eager"]
-            best_stock_compiled = next(
-                v for k, v in times.items() if k.startswith("stock compiled")
-            )
-            for provider, ms in times.items():
-                row = {
-                    "what": "SimpleCNN model" if what == "model" else f"layer {what}",
-                    "dtype": str(dtype).removeprefix("torch."),
-                    "batch": batch,
-                    "provider": provider,
-                    "ms": ms,
-                    "speedup_vs_eager": eager / ms,
-                    "speedup_vs_compiled": best_stock_compiled / ms,
-                    "gflops": flops / ms / 1e6,
-                    "images_per_s": batch / ms * 1e3,
-                    "max_rel_err": errors.get(provider),
-                }
-                if info.get("fma_peak_gflops"):
-                    row["fraction_of_peak"] = row["gflops"] / info["fma_peak_gflops"]
-                if device == "cuda" and what != "model":
-                    c_in, c_out, h, w = LAYERS[what]
-                    itemsize = torch.empty((), dtype=dtype).element_size()
-                    moved = batch * (c_in * h * w + c_out * (h // 2) * (w // 2)) * itemsize
-                    row["fraction_of_copy_bandwidth"] = (
-                        moved / (ms * 1e-3) / 1e9 / info["copy_bandwidth_gbs"]
-                    )
-                rows.append(row)
-            print(f" {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        name = args.name or device
+        result = {"machine": info, "command": " ".join(sys.argv), "compile_mode": compile_mode}
+        result["rows"] = []
         args.out.mkdir(parents=True, exist_ok=True)
-        result = {
-            "machine": info,
-            "command": " ".join(sys.argv),
-            "compile_mode": compile_mode,
-            "rows": rows,
-        }
-        (args.out / f"{device}.json").write_text(json.dumps(result, indent=1))
+        for i, (dtype, case, batch) in enumerate(plan, 1):
+            t0 = time.perf_counter()
+            label = (
+                f"[{i}/{len(plan)}] {device} {str(dtype).removeprefix('torch.')} {case} N={batch}"
+            )
+            print(label + " ...", end="", file=sys.stderr, flush=True)
+            with torch.no_grad():
+                if case == "model":
+                    providers, errors, flops, moved = model_case(device, dtype, batch, compile_mode)
+                else:
+                    providers, errors, flops, moved = layer_case(
+                        device, dtype, case, batch, compile_mode
+                    )
+                times = timer(providers)
+            result["rows"] += rows_for(info, case, dtype, batch, times, errors, flops, moved)
+            (args.out / f"{name}.json").write_text(json.dumps(result, indent=1))
+            print(f" {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         print_table(result)
-        plot(result, args.out / f"{device}.png")
-        print(
-            f"wrote {args.out / f'{device}.json'} and {args.out / f'{device}.png'}", file=sys.stderr
-        )
+        plot(result, args.out / f"{name}.png")
+        print(f"wrote {args.out / f'{name}.json'} and {args.out / f'{name}.png'}", file=sys.stderr)
+
+
+def rows_for(info, case, dtype, batch, times, errors, flops, moved) -> list[dict]:
+    eager = times["stock eager"]
+    stock_compiled = next((v for k, v in times.items() if k.startswith("stock compiled")), None)
+    rows = []
+    for provider, ms in times.items():
+        row = {
+            "what": "SimpleCNN model"
+            if case == "model"
+            else f"layer {case.replace('-', '->')} 32x32",
+            "dtype": str(dtype).removeprefix("torch."),
+            "batch": batch,
+            "provider": provider,
+            "ms": ms,
+            "speedup_vs_eager": eager / ms,
+            "speedup_vs_compiled": None if stock_compiled is None else stock_compiled / ms,
+            "gflops": flops / ms / 1e6,
+            "images_per_s": batch / ms * 1e3,
+            "max_rel_err": errors.get(provider),
+        }
+        if info.get("fma_peak_gflops"):
+            row["fraction_of_peak"] = row["gflops"] / info["fma_peak_gflops"]
+        if moved is not None and info.get("copy_bandwidth_gbs"):
+            row["fraction_of_copy_bandwidth"] = (
+                moved / (ms * 1e-3) / 1e9 / info["copy_bandwidth_gbs"]
+            )
+        rows.append(row)
+    return rows
 
 
 def print_table(result: dict) -> None:
@@ -217,27 +212,18 @@ def print_table(result: dict) -> None:
             "% peak (layers): input read once + output written once, over the measured copy "
             f"bandwidth, {info['copy_bandwidth_gbs']:.0f} GB/s."
         )
+    if info.get("device") == "cuda":
+        print(f"cuDNN TF32 allowed: {info['cudnn_allow_tf32']}; timings with L2 flushed (cold).")
     print(
         "GFLOP/s count the direct convolution's FLOPs (2 * N * C_out * H * W * C_in * 9), also "
         "for the Winograd path, which does fewer."
     )
-    header = [
-        "what",
-        "dtype",
-        "N",
-        "provider",
-        "median ms",
-        "x eager",
-        "x compiled",
-        "GFLOP/s",
-        "% peak",
-        "images/s",
-        "max rel err",
-    ]
+    header = ["what", "dtype", "N", "provider", "median ms", "x eager", "x compiled", "GFLOP/s"]
+    header += ["% peak", "images/s", "max rel err"]
     lines = []
     for r in result["rows"]:
-        err = "" if r["max_rel_err"] is None else f"{r['max_rel_err']:.1e}"
         peak = r.get("fraction_of_peak", r.get("fraction_of_copy_bandwidth"))
+        vs_compiled = r["speedup_vs_compiled"]
         lines.append(
             [
                 r["what"],
@@ -246,11 +232,11 @@ def print_table(result: dict) -> None:
                 r["provider"],
                 f"{r['ms']:.3f}",
                 f"{r['speedup_vs_eager']:.2f}",
-                f"{r['speedup_vs_compiled']:.2f}",
+                "" if vs_compiled is None else f"{vs_compiled:.2f}",
                 f"{r['gflops']:.1f}",
                 "" if peak is None else f"{100 * peak:.0f}%",
                 f"{r['images_per_s']:,.0f}",
-                err,
+                "" if r["max_rel_err"] is None else f"{r['max_rel_err']:.1e}",
             ]
         )
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
@@ -298,14 +284,15 @@ def main() -> None:
     parser.add_argument(
         "--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"]
     )
-    parser.add_argument(
-        "--batches", nargs="+", type=int, help="batch sizes (default: per device and case)"
-    )
+    parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
+    parser.add_argument("--batches", nargs="+", type=int, help="default: per device and case")
     parser.add_argument(
         "--compile-mode",
-        help="torch.compile mode for the stock path (default: cpu 'default', cuda 'max-autotune')",
+        help="torch.compile mode for the stock path, or 'none' to leave it out "
+        "(default: cpu 'default', cuda 'max-autotune')",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", help="results file name (default: the device)")
     run(parser.parse_args())
 
 

@@ -29,6 +29,7 @@ Nothing here touches a GPU or a Triton driver at import.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
@@ -215,7 +216,10 @@ _INTERPRETER_META = {
     "fma": {"BLOCK_P": 64, "BLOCK_CO": 32},
 }
 
-if INTERPRETED:
+# SIMPLECNN_TRITON_AUTOTUNE=0 (read at import) runs the first config of each list instead of
+# autotuning: the GPU test tier compiles dozens of shapes and needs speed, not the best config.
+_AUTOTUNE = os.environ.get("SIMPLECNN_TRITON_AUTOTUNE", "1") != "0"
+if INTERPRETED or not _AUTOTUNE:
     _KERNELS = {"dot": _dot_kernel, "fma": _fma_kernel}
 else:
     _KERNELS = {
@@ -266,7 +270,13 @@ def forward(
     if out.numel() == 0:
         return out
     kernel = kernel or choose_kernel(input, out)
-    meta = dict(_INTERPRETER_META[kernel]) if INTERPRETED else {}
+    if INTERPRETED:
+        meta = dict(_INTERPRETER_META[kernel])
+    elif not _AUTOTUNE:
+        config = (_DOT_CONFIGS if kernel == "dot" else _FMA_CONFIGS)[0]
+        meta = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+    else:
+        meta = {}
     if kernel == "dot":
         meta["UPCAST"] = INTERPRETED
 

@@ -1,0 +1,24 @@
+// The CUDA implementation of simplecnn::_fused_forward: checks, device guard, launch.
+// Kept out of the .cu file so nvcc compiles only the kernel and narrow headers.
+#include "../conv3x3_relu_maxpool2d.h"
+#include "fused_forward_kernel.h"
+
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+namespace simplecnn {
+
+at::Tensor fused_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias) {
+  check_inputs(input, weight, bias);
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  at::Tensor out = empty_output(input, weight);
+  if (out.numel() > 0) cuda::launch_fused_forward(input, weight, bias, out);
+  return out;
+}
+
+}  // namespace simplecnn
+
+TORCH_LIBRARY_IMPL(simplecnn, CUDA, m) {
+  m.impl("_fused_forward", &simplecnn::fused_forward_cuda);
+}

@@ -1,0 +1,14 @@
+// The CUDA kernel's launcher (fused_forward_kernel.cu), called by the op's CUDA
+// implementation (conv3x3_relu_maxpool2d_cuda.cpp) with checked arguments and the output.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace simplecnn::cuda {
+
+void launch_fused_forward(const at::Tensor& input, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias, const at::Tensor& out);
+
+}  // namespace simplecnn::cuda
