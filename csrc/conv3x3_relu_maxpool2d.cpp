@@ -84,4 +84,13 @@ TORCH_LIBRARY(simplecnn, m) {
       "str? backend=None) -> Tensor");
   // The compiled kernels ("cpu" and "cuda" backends): 4-D input only, no autograd.
   m.def("_fused_forward(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
+  // Backward, recomputing the max-pool + ReLU routing from the inputs (nothing is kept from the
+  // forward pass but its inputs):
+  // the input, weight and bias gradients output_mask asks for, fused (CPU kernel);
+  m.def(
+      "_fused_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor? bias, "
+      "bool[3] output_mask) -> (Tensor?, Tensor?, Tensor?)");
+  // the gradient of the conv output (before bias and ReLU), full-size, for a library's conv
+  // backward (CPU kernel; on CUDA a Triton kernel, registered in ops.py).
+  m.def("_conv_grad(Tensor grad_output, Tensor input, Tensor weight, Tensor? bias) -> Tensor");
 }

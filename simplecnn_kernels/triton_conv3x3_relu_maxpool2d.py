@@ -34,9 +34,39 @@ import os
 import torch
 import triton
 import triton.language as tl
+from torch._prims_common import suggest_memory_format
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _NAN = tl.constexpr(tl.PropagateNan.ALL)  # jit code may only read constexpr globals
+
+
+@triton.jit
+def _store_result(
+    best, best_pos, out_ptr, son, soc, soh, sow, g_ptr, sgn, sgc, sgh, sgw,
+    n, py, px, co, ok, CONV_GRAD: tl.constexpr,
+):  # fmt: skip
+    """The kernels' epilogue, on tiles of window maxima (bias included, before ReLU) `best` and
+    their positions. Forward: the pooled output, ReLU applied once after the max
+    (max(relu(c)) == relu(max(c))). CONV_GRAD: the gradient of the conv output, out_ptr a
+    (N, C_out, H, W) tensor: each window's four conv positions get the pooled gradient where the
+    stock max-pool + ReLU route it (the max's position, if the max is > 0 or NaN), else 0."""
+    co64 = co.to(tl.int64)
+    if CONV_GRAD:
+        flows = (best > 0.0) | (best != best)
+        grad = tl.load(
+            g_ptr + n * sgn + co64 * sgc + py.to(tl.int64) * sgh + px.to(tl.int64) * sgw,
+            mask=ok,
+            other=0.0,
+        )
+        for pos in tl.static_range(4):
+            y = (2 * py + pos // 2).to(tl.int64)
+            x = (2 * px + pos % 2).to(tl.int64)
+            value = tl.where(flows & (best_pos == pos), grad, 0.0).to(out_ptr.dtype.element_ty)
+            tl.store(out_ptr + n * son + co64 * soc + y * soh + x * sow, value, mask=ok)
+    else:
+        pooled = tl.maximum(best, 0.0, propagate_nan=_NAN)
+        out = out_ptr + n * son + co64 * soc + py.to(tl.int64) * soh + px.to(tl.int64) * sow
+        tl.store(out, pooled.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -47,8 +77,10 @@ def _dot_kernel(
     swo, swi, swh, sww,
     sb,
     son, soc, soh, sow,
+    g_ptr, sgn, sgc, sgh, sgw,  # CONV_GRAD: the pooled output's gradient
     N_BUCKET,  # autotune key only: next power of two of the batch
     HAS_BIAS: tl.constexpr,
+    CONV_GRAD: tl.constexpr,  # False: store the pooled output; True: see _store_result
     BLOCK_P: tl.constexpr,
     BLOCK_CO: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -72,7 +104,8 @@ def _dot_kernel(
     # the image's own base is 64-bit, so batches beyond 2^31 elements are fine.
     x_img = x_ptr + n * sxn
     K = 9 * C_in
-    pooled = tl.full([BLOCK_P, BLOCK_CO], float("-inf"), tl.float32)
+    best = tl.full([BLOCK_P, BLOCK_CO], float("-inf"), tl.float32)
+    best_pos = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.int32)
     for pos in tl.static_range(4):  # window position (a, b) = (pos // 2, pos % 2)
         iy0 = (2 * py - 1 + pos // 2)[:, None]  # input row of tap ky = 0
         ix0 = (2 * px - 1 + pos % 2)[:, None]
@@ -96,17 +129,16 @@ def _dot_kernel(
             if UPCAST:
                 x = x.to(tl.float32)
             acc = tl.dot(x, w.to(x.dtype), acc, input_precision="tf32")
-        pooled = tl.maximum(pooled, acc, propagate_nan=_NAN)
+        # The stock max-pool's running max: take a greater value or a NaN (NaN propagates,
+        # ties keep the first, the last NaN wins).
+        take = (acc > best) | (acc != acc)
+        best = tl.where(take, acc, best)
+        best_pos = tl.where(take, pos, best_pos)
 
-    pooled = tl.maximum(pooled, 0.0, propagate_nan=_NAN)
-    out = (
-        out_ptr
-        + n * son
-        + co.to(tl.int64)[None, :] * soc
-        + py.to(tl.int64)[:, None] * soh
-        + px.to(tl.int64)[:, None] * sow
-    )
-    tl.store(out, pooled.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
+    _store_result(
+        best, best_pos, out_ptr, son, soc, soh, sow, g_ptr, sgn, sgc, sgh, sgw,
+        n, py[:, None], px[:, None], co[None, :], p_ok[:, None] & co_ok[None, :], CONV_GRAD,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -117,8 +149,10 @@ def _fma_kernel(
     swo, swi, swh, sww,
     sb,
     son, soc, soh, sow,
+    g_ptr, sgn, sgc, sgh, sgw,  # CONV_GRAD: the pooled output's gradient
     N_BUCKET,  # autotune key only: next power of two of the batch
     HAS_BIAS: tl.constexpr,
+    CONV_GRAD: tl.constexpr,  # False: store the pooled output; True: see _store_result
     BLOCK_P: tl.constexpr,
     BLOCK_CO: tl.constexpr,
 ):  # fmt: skip
@@ -170,20 +204,23 @@ def _fma_kernel(
         x_c += sxc
         w_c += swi
 
-    pooled = tl.maximum(
-        tl.maximum(acc00, acc01, propagate_nan=_NAN),
-        tl.maximum(acc10, acc11, propagate_nan=_NAN),
-        propagate_nan=_NAN,
-    )
-    pooled = tl.maximum(pooled, 0.0, propagate_nan=_NAN)
-    out = (
-        out_ptr
-        + n * son
-        + co.to(tl.int64)[:, None] * soc
-        + py.to(tl.int64)[None, :] * soh
-        + px.to(tl.int64)[None, :] * sow
-    )
-    tl.store(out, pooled.to(out_ptr.dtype.element_ty), mask=co_ok[:, None] & p_ok[None, :])
+    # The stock max-pool's running max over the window (see _dot_kernel).
+    best = acc00
+    best_pos = tl.zeros([BLOCK_CO, BLOCK_P], dtype=tl.int32)
+    take = (acc01 > best) | (acc01 != acc01)
+    best = tl.where(take, acc01, best)
+    best_pos = tl.where(take, 1, best_pos)
+    take = (acc10 > best) | (acc10 != acc10)
+    best = tl.where(take, acc10, best)
+    best_pos = tl.where(take, 2, best_pos)
+    take = (acc11 > best) | (acc11 != acc11)
+    best = tl.where(take, acc11, best)
+    best_pos = tl.where(take, 3, best_pos)
+
+    _store_result(
+        best, best_pos, out_ptr, son, soc, soh, sow, g_ptr, sgn, sgc, sgh, sgw,
+        n, py[None, :], px[None, :], co[:, None], co_ok[:, None] & p_ok[None, :], CONV_GRAD,
+    )  # fmt: skip
 
 
 def _image_extent(t: torch.Tensor) -> int:
@@ -202,14 +239,30 @@ INTERPRETED = _is_interpreted(_fma_kernel)
 
 # (kernel, configs on a GPU, the one config under the interpreter)
 _AUTOTUNE_KEY = ["C_in", "C_out", "Ho", "Wo", "N_BUCKET"]
-_DOT_CONFIGS = [
-    triton.Config({"BLOCK_P": p, "BLOCK_CO": co, "BLOCK_K": 32}, num_warps=w, num_stages=1)
-    for p, co, w in [(64, 32, 4), (128, 32, 8), (64, 64, 4), (128, 64, 8)]
-]
-_FMA_CONFIGS = [
-    triton.Config({"BLOCK_P": p, "BLOCK_CO": co}, num_warps=w, num_stages=1)
-    for p, co, w in [(128, 16, 4), (256, 16, 8), (128, 8, 4)]
-]
+
+
+def _dot_configs(shapes):
+    return [
+        triton.Config({"BLOCK_P": p, "BLOCK_CO": co, "BLOCK_K": 32}, num_warps=w, num_stages=1)
+        for p, co, w in shapes
+    ]
+
+
+def _fma_configs(shapes):
+    return [
+        triton.Config({"BLOCK_P": p, "BLOCK_CO": co}, num_warps=w, num_stages=1)
+        for p, co, w in shapes
+    ]
+
+
+# Autotune configs per (kernel, CONV_GRAD): only ones that compile for sm_90 without spilling
+# (tests/triton_sm90.py); conv_grad's larger epilogue spills at 64 output channels per program.
+CONFIGS = {
+    ("dot", False): _dot_configs([(64, 32, 4), (128, 32, 8), (64, 64, 4), (128, 64, 8)]),
+    ("dot", True): _dot_configs([(64, 32, 4), (128, 32, 8)]),
+    ("fma", False): _fma_configs([(128, 16, 4), (256, 16, 8), (128, 8, 4)]),
+    ("fma", True): _fma_configs([(128, 16, 4), (256, 16, 8), (128, 8, 4)]),
+}
 # The interpreter's cost is per operation, not per element: few, large programs.
 _INTERPRETER_META = {
     "dot": {"BLOCK_P": 64, "BLOCK_CO": 32, "BLOCK_K": 32},
@@ -219,12 +272,13 @@ _INTERPRETER_META = {
 # SIMPLECNN_TRITON_AUTOTUNE=0 (read at import) runs the first config of each list instead of
 # autotuning: the GPU test tier compiles dozens of shapes and needs speed, not the best config.
 _AUTOTUNE = os.environ.get("SIMPLECNN_TRITON_AUTOTUNE", "1") != "0"
+_JIT = {"dot": _dot_kernel, "fma": _fma_kernel}
 if INTERPRETED or not _AUTOTUNE:
-    _KERNELS = {"dot": _dot_kernel, "fma": _fma_kernel}
+    _KERNELS = {key: _JIT[key[0]] for key in CONFIGS}
 else:
     _KERNELS = {
-        "dot": triton.autotune(_DOT_CONFIGS, key=_AUTOTUNE_KEY)(_dot_kernel),
-        "fma": triton.autotune(_FMA_CONFIGS, key=_AUTOTUNE_KEY)(_fma_kernel),
+        key: triton.autotune(configs, key=_AUTOTUNE_KEY)(_JIT[key[0]])
+        for key, configs in CONFIGS.items()
     }
 
 
@@ -255,25 +309,52 @@ def choose_kernel(input: torch.Tensor, out: torch.Tensor) -> str:
 def forward(
     input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kernel: str | None = None
 ) -> torch.Tensor:
-    """Launches the fused kernel on a 4-D input (checked by the op). `kernel` ("dot" or "fma")
-    overrides `choose_kernel`, for tests and benchmarks."""
+    """The fused op on a 4-D input (checked by the op). `kernel` ("dot" or "fma") overrides
+    `choose_kernel`, for tests and benchmarks."""
     from .ops import output_memory_format
 
-    n, c_in, h, w = input.shape
-    c_out, ho, wo = weight.shape[0], h // 2, w // 2
+    n, _, h, w = input.shape
     out = torch.empty(
-        (n, c_out, ho, wo),
+        (n, weight.shape[0], h // 2, w // 2),
         dtype=input.dtype,
         device=input.device,
         memory_format=output_memory_format(input, weight),
     )
+    return _launch(input, weight, bias, out, None, kernel)
+
+
+def conv_grad(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    kernel: str | None = None,
+) -> torch.Tensor:
+    """The gradient of the conv output (before bias and ReLU), full-size, given the pooled
+    output's gradient: the forward recomputed, routed as the stock max-pool + ReLU route it."""
+    n, _, h, w = input.shape
+    out = torch.empty(
+        (n, weight.shape[0], h, w),
+        dtype=input.dtype,
+        device=input.device,
+        memory_format=suggest_memory_format(input),  # as the CPU kernel and cuDNN like it
+    )
+    if h % 2 or w % 2:  # the last row or column gets no gradient; the kernel writes the rest
+        out.zero_()
+    return _launch(input, weight, bias, out, grad_output, kernel)
+
+
+def _launch(input, weight, bias, out, grad_output, kernel):
+    n, c_in, h, w = input.shape
+    c_out, ho, wo = weight.shape[0], h // 2, w // 2
     if out.numel() == 0:
         return out
     kernel = kernel or choose_kernel(input, out)
+    key = (kernel, grad_output is not None)
     if INTERPRETED:
         meta = dict(_INTERPRETER_META[kernel])
     elif not _AUTOTUNE:
-        config = (_DOT_CONFIGS if kernel == "dot" else _FMA_CONFIGS)[0]
+        config = CONFIGS[key][0]
         meta = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
     else:
         meta = {}
@@ -284,16 +365,19 @@ def forward(
         return (n * triton.cdiv(ho * wo, m["BLOCK_P"]), triton.cdiv(c_out, m["BLOCK_CO"]))
 
     b = bias if bias is not None else out  # never read without HAS_BIAS
+    g = grad_output if grad_output is not None else out  # never read in the forward
     with torch.cuda.device(input.device) if input.is_cuda else contextlib.nullcontext():
-        _KERNELS[kernel][grid](
+        _KERNELS[key][grid](
             input, weight, b, out,
             c_in, h, w, c_out, ho, wo,
             *input.stride(),
             *weight.stride(),
             b.stride(0),
             *out.stride(),
+            g, *g.stride(),
             triton.next_power_of_2(n),
             HAS_BIAS=bias is not None,
+            CONV_GRAD=grad_output is not None,
             **meta,
         )  # fmt: skip
     return out

@@ -1,11 +1,44 @@
-"""Gradients of the fused op: gradcheck in float64 and equality with the stock path."""
+"""Gradients of the fused op: gradcheck in float64, equality with the stock path (both backward
+routes, every layout), routing of ties, NaN and Inf, autocast, and what is kept for backward."""
+
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from checks import make_inputs, stock
 from conftest import device_backends
 
 import simplecnn_kernels as sk
+
+GRAD_SHAPES = [  # (N, C_in, C_out, H, W)
+    (3, 3, 18, 16, 14),  # the SimpleCNN layer's channels: the fused CPU backward
+    (2, 5, 7, 9, 13),  # odd sizes: the last row and column get no gradient through the pool
+    (2, 16, 20, 10, 11),  # wide: the conv-gradient route
+]
+
+
+def _stock_grads(x, w, b, grad_out, mask=(True, True, True)):
+    x, w = x.detach().requires_grad_(mask[0]), w.detach().requires_grad_(mask[1])
+    b = None if b is None else b.detach().requires_grad_(mask[2])
+    stock(x, w, b).backward(grad_out)
+    return tuple(None if t is None else t.grad for t in (x, w, b))
+
+
+def _fused_grads(x, w, b, grad_out, backend, mask=(True, True, True)):
+    x, w = x.detach().requires_grad_(mask[0]), w.detach().requires_grad_(mask[1])
+    b = None if b is None else b.detach().requires_grad_(mask[2])
+    sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend).backward(grad_out)
+    return tuple(None if t is None else t.grad for t in (x, w, b))
+
+
+def _assert_grads_close(ours, theirs, dtype):
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    for name, g, r in zip(("input", "weight", "bias"), ours, theirs, strict=True):
+        if r is None:
+            assert g is None, name
+        else:
+            torch.testing.assert_close(g, r, equal_nan=True, msg=name, **tol)
 
 
 @pytest.mark.parametrize("device,backend", device_backends())
@@ -27,22 +60,34 @@ def test_gradcheck_float64(device, backend, bias, batched):
     assert torch.autograd.gradcheck(fn, inputs)
 
 
-def _grads(fn, x, w, b, grad_out):
-    x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
-    b = b.detach().requires_grad_()
-    fn(x, w, b).backward(grad_out)
-    return x.grad, w.grad, b.grad
+@pytest.mark.parametrize("device,backend", device_backends())
+@pytest.mark.parametrize("shape", GRAD_SHAPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_gradients_equal_stock(device, backend, shape, layout, dtype):
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("the Triton kernels take no float64")
+    x, w, b = make_inputs(*shape, device=device, layout=layout, dtype=dtype)
+    grad_out = torch.randn_like(stock(x, w, b))
+    ours = _fused_grads(x, w, b, grad_out, backend)
+    _assert_grads_close(ours, _stock_grads(x, w, b, grad_out), dtype)
 
 
 @pytest.mark.parametrize("device,backend", device_backends())
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-def test_gradients_equal_stock(device, backend, layout):
-    x, w, b = make_inputs(3, 3, 18, 16, 14, device=device, layout=layout)
-    grad_out = torch.randn(3, 18, 8, 7, device=device)
-    ours = _grads(lambda *a: sk.conv3x3_relu_maxpool2d(*a, backend=backend), x, w, b, grad_out)
-    theirs = _grads(stock, x, w, b, grad_out)
-    for name, g, r in zip(("input", "weight", "bias"), ours, theirs, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5, msg=name)
+@pytest.mark.parametrize("mask", [(False, True, True), (True, False, False), (True, True, False)])
+def test_only_the_requested_gradients(device, backend, mask):
+    x, w, b = make_inputs(2, 3, 6, 8, 10, device=device)
+    grad_out = torch.randn(2, 6, 4, 5, device=device)
+    ours = _fused_grads(x, w, b, grad_out, backend, mask)
+    _assert_grads_close(ours, _stock_grads(x, w, b, grad_out, mask), torch.float32)
+
+
+@pytest.mark.parametrize("device,backend", device_backends())
+def test_gradients_without_bias_and_unbatched(device, backend):
+    x, w, _ = make_inputs(None, 4, 5, 9, 8, device=device, bias=False)
+    grad_out = torch.randn(5, 4, 4, device=device)
+    ours = _fused_grads(x, w, None, grad_out, backend)
+    _assert_grads_close(ours, _stock_grads(x, w, None, grad_out), torch.float32)
 
 
 @pytest.mark.parametrize("device,backend", device_backends())
@@ -53,7 +98,82 @@ def test_ties_send_the_gradient_to_the_first_max(device, backend):
     w = torch.zeros(4, 3, 3, 3, device=device)
     b = torch.randn(4, device=device)
     grad_out = torch.randn(2, 4, 3, 4, device=device)
-    ours = _grads(lambda *a: sk.conv3x3_relu_maxpool2d(*a, backend=backend), x, w, b, grad_out)
-    theirs = _grads(stock, x, w, b, grad_out)
-    for name, g, r in zip(("input", "weight", "bias"), ours, theirs, strict=True):
-        torch.testing.assert_close(g, r, msg=name)
+    ours = _fused_grads(x, w, b, grad_out, backend)
+    _assert_grads_close(ours, _stock_grads(x, w, b, grad_out), torch.float32)
+
+
+@pytest.mark.parametrize("device,backend", device_backends())
+@pytest.mark.parametrize("c_in", [3, 16], ids=["fused", "conv-grad"])
+def test_nan_and_inf_route_the_gradient_as_stock(device, backend, c_in):
+    # Stock max-pool moves to every NaN it meets (the last NaN wins) and ReLU's backward passes
+    # the gradient at NaN; infinities are ordinary maxima.
+    x, w, b = make_inputs(2, c_in, 5, 12, 10, device=device, dtype=torch.float64)
+    x.view(-1)[torch.randperm(x.numel())[:4]] = math.nan
+    x.view(-1)[torch.randperm(x.numel())[:4]] = math.inf
+    w[1, 0, 1, 1] = math.inf  # a whole output channel of infinities and NaN
+    if backend == "triton":
+        x, w, b = x.float(), w.float(), b.float()
+    grad_out = torch.randn_like(stock(x, w, b))
+    ours = _fused_grads(x, w, b, grad_out, backend)
+    _assert_grads_close(ours, _stock_grads(x, w, b, grad_out), x.dtype)
+
+
+@pytest.mark.parametrize("shape", GRAD_SHAPES, ids=str)
+def test_both_backward_ops_on_every_width(shape):
+    # The autograd formula picks one route by width; each must be right at any width.
+    x, w, b = make_inputs(*shape, dtype=torch.float64)
+    grad_out = torch.randn_like(stock(x, w, b))
+    expected = _stock_grads(x, w, b, grad_out)
+    fused = torch.ops.simplecnn._fused_backward(grad_out, x, w, b, [True, True, True])
+    _assert_grads_close(fused, expected, torch.float64)
+    conv = F.conv2d(x, w, b, padding=1).requires_grad_()
+    F.max_pool2d(F.relu(conv), 2, 2).backward(grad_out)
+    torch.testing.assert_close(torch.ops.simplecnn._conv_grad(grad_out, x, w, b), conv.grad)
+
+
+def test_backward_ops_check_their_inputs():
+    x, w, b = make_inputs(2, 3, 4, 8, 8)
+    with pytest.raises(RuntimeError, match="expected grad_output of shape"):
+        torch.ops.simplecnn._conv_grad(torch.randn(2, 4, 3, 4), x, w, b)
+    with pytest.raises(RuntimeError, match="grad_output must have the input's dtype"):
+        torch.ops.simplecnn._fused_backward(
+            torch.randn(2, 4, 4, 4, dtype=torch.float64), x, w, b, [True, True, True]
+        )
+
+
+@pytest.mark.parametrize("device,backend", device_backends())
+def test_autocast_runs_in_the_autocast_dtype(device, backend):
+    x, w, b = make_inputs(4, 3, 8, 16, 16, device=device)
+    w, b = w.requires_grad_(), b.requires_grad_()
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast(device, dtype=dtype):
+            out = sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend)
+            ref = F.max_pool2d(F.relu(F.conv2d(x, w, b, padding=1)), 2, 2)
+        assert out.dtype == ref.dtype == dtype
+        torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+        out.float().sum().backward()
+        assert w.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
+        w.grad = b.grad = None
+
+
+def _saved_bytes(model, x):
+    """Bytes the autograd graph keeps for backward (each storage once) in a forward pass."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum()
+    return sum(storages.values())
+
+
+def test_fused_model_keeps_less_for_backward_than_stock():
+    stock_model, fused_model = sk.SimpleCNN(), sk.FusedSimpleCNN()
+    x = torch.randn(64, 3, 32, 32)
+    stock_bytes, fused_bytes = _saved_bytes(stock_model, x), _saved_bytes(fused_model, x)
+    # Stock keeps the conv output and int64 pool indices (+24 bytes per pooled output, fp32);
+    # the fused op keeps only its inputs.
+    pooled_outputs = 64 * 18 * 16 * 16
+    assert stock_bytes - fused_bytes >= 20 * pooled_outputs

@@ -60,6 +60,26 @@ def test_kernel_nan_and_inf(kernel, dtype):
     assert torch.isnan(out).any() and torch.isinf(out).any()
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # interpreter
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 8, 8), (1, 17, 6, 7, 9)], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_conv_grad_kernel(kernel, shape, layout):
+    # The gradient of the conv output, routed as stock max-pool + ReLU route it; with ties
+    # (a zero weight channel: all four values equal the bias) and NaN.
+    x, w, b = make_inputs(*shape, layout=layout, device=DEVICE)
+    w[0] = 0.0
+    x[0, 0, 2, 3] = x[-1, -1, 5, 1] = math.nan
+    conv = torch.nn.functional.conv2d(x.double(), w.double(), b.double(), padding=1)
+    conv.requires_grad_()
+    pooled = torch.nn.functional.max_pool2d(torch.relu(conv), 2, 2)
+    grad_out = torch.randn(pooled.shape, device=DEVICE)
+    pooled.backward(grad_out.double())
+    got = tk.conv_grad(grad_out, x, w, b, kernel=kernel)
+    assert got.shape == conv.shape
+    torch.testing.assert_close(got.double(), conv.grad, rtol=0, atol=0, equal_nan=True)
+
+
 def test_op_backend_triton_unbatched_and_empty():
     x, w, b = make_inputs(None, 3, 4, 6, 6, device=DEVICE)
     out = sk.conv3x3_relu_maxpool2d(x, w, b, backend="triton")

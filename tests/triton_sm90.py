@@ -25,18 +25,20 @@ TARGET = GPUTarget("cuda", 90, 32)
 _TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
-def compile_config(kernel: str, config: triton.Config, dtype: str = "float32") -> dict:
-    """Compiles `kernel` ("fma" or "dot") with `config` for sm_90; returns registers, stack
-    (spill) and local bytes per thread, and shared memory per program."""
+def compile_config(
+    kernel: str, config: triton.Config, dtype: str = "float32", conv_grad: bool = False
+) -> dict:
+    """Compiles `kernel` ("fma" or "dot", forward or conv_grad mode) with `config` for sm_90;
+    returns registers, stack (spill) and local bytes per thread, and shared memory per program."""
     fn = tk._fma_kernel if kernel == "fma" else tk._dot_kernel
-    constexprs = {"HAS_BIAS": True, **config.kwargs}
+    constexprs = {"HAS_BIAS": True, "CONV_GRAD": conv_grad, **config.kwargs}
     if kernel == "dot":
         constexprs["UPCAST"] = False
     signature = {}
     for name in fn.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
+        elif name.endswith("_ptr"):  # x, w, b, out, g
             signature[name] = "*" + _TYPES[dtype]
         else:
             signature[name] = "i32"
@@ -65,19 +67,20 @@ def compile_config(kernel: str, config: triton.Config, dtype: str = "float32") -
 
 
 def all_configs():
-    """(kernel, config) for every autotune config of both kernels."""
-    return [("dot", c) for c in tk._DOT_CONFIGS] + [("fma", c) for c in tk._FMA_CONFIGS]
+    """(kernel, conv_grad, config) for every autotune config of both kernels and modes."""
+    return [(kernel, grad, c) for (kernel, grad), configs in tk.CONFIGS.items() for c in configs]
 
 
 if __name__ == "__main__":
     if tk.INTERPRETED:
         raise SystemExit("unset TRITON_INTERPRET: the interpreter does not compile")
     spills = 0
-    print(f"{'kernel':6} {'dtype':9} {'config':44} reg stack")
-    for kernel, config in all_configs():
+    print(f"{'kernel':16} {'dtype':9} {'config':44} reg stack")
+    for kernel, conv_grad, config in all_configs():
         for dtype in ("float32", "bfloat16", "float16"):
-            r = compile_config(kernel, config, dtype)
+            r = compile_config(kernel, config, dtype, conv_grad)
+            name = kernel + (" conv_grad" if conv_grad else "")
             meta = f"{config.kwargs} w{config.num_warps} s{config.num_stages}"
-            print(f"{kernel:6} {dtype:9} {meta:44} {r['reg']:3} {r['stack']:5}")
+            print(f"{name:16} {dtype:9} {meta:44} {r['reg']:3} {r['stack']:5}")
             spills += r["stack"] > 0 or r["local"] > 0
     raise SystemExit(1 if spills else 0)

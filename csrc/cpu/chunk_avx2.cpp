@@ -30,6 +30,34 @@ inline __m256 broadcast_unmerged(const float* p) {
   return v;
 }
 
+// Splits 16 conv columns (two vectors) into their even and odd columns, each in pooled order:
+// the shuffles give pooled columns 0,1,4,5 | 2,3,6,7, a 64-bit permute restores the order.
+inline void even_odd(__m256 h0, __m256 h1, __m256& even, __m256& odd) {
+  even = _mm256_shuffle_ps(h0, h1, _MM_SHUFFLE(2, 0, 2, 0));
+  odd = _mm256_shuffle_ps(h0, h1, _MM_SHUFFLE(3, 1, 3, 1));
+  even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0)));
+  odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(odd), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+// The backward pass's recompute: window_index (pooled_chunk.h) for 8 windows at once, from the
+// window positions (a, b) in max-pool order (0,0) (0,1) (1,0) (1,1), stored as int8.
+inline void store_window_indices(const __m256 (&v)[4], int8_t* dst, int n_out) {
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 best = v[0], index = zero;
+  for (int p = 1; p < 4; ++p) {
+    const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v[p], best, _CMP_GT_OQ),
+                                     _mm256_cmp_ps(v[p], v[p], _CMP_UNORD_Q));
+    best = _mm256_blendv_ps(best, v[p], take);
+    index = _mm256_blendv_ps(index, _mm256_set1_ps(float(p)), take);
+  }
+  const __m256 flows = _mm256_or_ps(_mm256_cmp_ps(best, zero, _CMP_GT_OQ),
+                                    _mm256_cmp_ps(best, best, _CMP_UNORD_Q));
+  index = _mm256_blendv_ps(_mm256_set1_ps(-1.0f), index, flows);
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), _mm256_cvtps_epi32(index));
+  for (int j = 0; j < n_out; ++j) dst[j] = static_cast<int8_t>(lanes[j]);
+}
+
 // Register blocking: for each input channel the 4 input rows under one pooled row feed 2 conv
 // rows x CO channels x 2 vectors of 8 columns. Each input row segment is loaded once per kx and
 // used by up to 2*CO weights; with CO = 3 that is 12 independent FMA chains, which keeps both
@@ -94,23 +122,28 @@ void chunk_avx2(const ChunkArgs<float>& a) {
     }
     return;
   }
+  if (a.index != nullptr) {
+#pragma GCC unroll 4
+    for (int co = 0; co < CO; ++co) {
+      __m256 v[4];
+      even_odd(acc[0][co][0], acc[0][co][1], v[0], v[1]);
+      even_odd(acc[1][co][0], acc[1][co][1], v[2], v[3]);
+      store_window_indices(v, a.index + co * a.index_ch_stride, a.n_out);
+    }
+    return;
+  }
   alignas(32) static const int32_t kLaneMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
                                                     0,  0,  0,  0,  0,  0,  0,  0};
   const __m256i store_mask =
       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask + 8 - a.n_out));
 #pragma GCC unroll 4
   for (int co = 0; co < CO; ++co) {
-    // Vertical max of the two conv rows, then horizontal max of column pairs: the shuffles
-    // gather even and odd columns of both halves, giving pooled columns 0,1,4,5 | 2,3,6,7,
-    // which one 64-bit permute puts back in order.
-    const __m256 m0 = max_keep_nan(acc[0][co][0], acc[1][co][0]);
-    const __m256 m1 = max_keep_nan(acc[0][co][1], acc[1][co][1]);
-    const __m256 even = _mm256_shuffle_ps(m0, m1, _MM_SHUFFLE(2, 0, 2, 0));
-    const __m256 odd = _mm256_shuffle_ps(m0, m1, _MM_SHUFFLE(3, 1, 3, 1));
-    __m256 pooled = max_keep_nan(even, odd);
-    pooled = _mm256_castpd_ps(
-        _mm256_permute4x64_pd(_mm256_castps_pd(pooled), _MM_SHUFFLE(3, 1, 2, 0)));
-    pooled = relu_keep_nan(pooled);  // once per pooled value: max(relu(c)) == relu(max(c))
+    // Vertical max of the two conv rows, then horizontal max of column pairs.
+    __m256 even, odd;
+    even_odd(max_keep_nan(acc[0][co][0], acc[1][co][0]), max_keep_nan(acc[0][co][1], acc[1][co][1]),
+             even, odd);
+    // ReLU once per pooled value: max(relu(c)) == relu(max(c)).
+    const __m256 pooled = relu_keep_nan(max_keep_nan(even, odd));
     float* dst = a.out + co * a.out_ch_stride;
     if (a.n_out == kChunkPooled) {
       _mm256_storeu_ps(dst, pooled);

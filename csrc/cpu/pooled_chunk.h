@@ -39,6 +39,10 @@ struct ChunkArgs {
   acc_t* partial;
   bool first;
   bool last;
+  // When set, the last call stores each window's index instead of its pooled value: the window
+  // position (0..3 = a*2+b) the stock max-pool + ReLU send the gradient to, -1 where none.
+  int8_t* index = nullptr;
+  int64_t index_ch_stride = 0;  // bytes between channels in `index`; columns are contiguous
 };
 
 template <typename acc_t>
@@ -47,5 +51,30 @@ using ChunkKernel = void (*)(const ChunkArgs<acc_t>&);
 // The AVX2+FMA kernel for `co_block` (1..kMaxChannelBlock) channels, or nullptr where this
 // build has none (non-x86 targets).
 ChunkKernel<float> avx2_chunk_kernel(int co_block);
+
+// Whether this process uses the AVX2 kernels (the CPU has AVX2+FMA and
+// SIMPLECNN_CPU_CAPABILITY=generic does not say otherwise).
+bool use_avx2();
+
+// The kernel this process uses for `co_block` channels: AVX2 for float where available, else
+// the portable one (float and double).
+template <typename acc_t>
+ChunkKernel<acc_t> chunk_kernel(int co_block);
+
+// The window index the stock path's gradient takes (see ChunkArgs::index), from the window's
+// four conv values in max-pool order. Stock max-pool keeps the first of equal maxima and moves
+// to every NaN it meets (so the last NaN wins); ReLU's gradient is zero where the max <= 0.
+template <typename acc_t>
+inline int8_t window_index(const acc_t (&v)[4]) {
+  acc_t best = v[0];
+  int8_t index = 0;
+  for (int p = 1; p < 4; ++p) {
+    if (v[p] > best || v[p] != v[p]) {
+      best = v[p];
+      index = static_cast<int8_t>(p);
+    }
+  }
+  return (best > acc_t(0) || best != best) ? index : int8_t(-1);
+}
 
 }  // namespace simplecnn::cpu
