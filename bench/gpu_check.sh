@@ -7,7 +7,8 @@
 #   bench/gpu_check.sh OUT_DIR          (on the device machine: bench/gpu_check.sh "$OUT")
 #
 # OUT_DIR gets: log.txt (every step's output), summary.md (the table printed last),
-# cuda-target.{json,png} (batch 4096 vs eager and torch.compile max-autotune), cuda-sweep.{json,png}.
+# cuda-target.{json,png} (batch 4096 vs eager and torch.compile max-autotune), cuda-sweep.{json,png},
+# train-cuda.json (training steps and memory).
 set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUT_DIR}
 mkdir -p "$out"
@@ -53,6 +54,10 @@ step bench-target 150 $PY bench/run.py --device cuda --dtype float32 bfloat16 --
 # Generality: batch sizes, wide channels, the model (torch.compile left out for time).
 step bench-sweep 120 $PY bench/run.py --device cuda --dtype float32 bfloat16 --compile-mode none \
   --out "$out" --name cuda-sweep
+
+# Training: FusedSimpleCNN vs SimpleCNN steps (target at 4096: 2x), memory at 1024.
+step train 60 $PY bench/train_step.py --device cuda --batches 1024 4096 --memory-batch 1024 \
+  --out "$out"
 
 echo "failed steps: ${failed[*]:-none}" | tee -a "$log"
 $PY bench/summarize.py "$out"

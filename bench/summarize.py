@@ -60,6 +60,22 @@ def main(out: Path) -> None:
                 f"| {r['what']} | {r['dtype']} | {r['batch']} | {r['provider']} | {r['ms']:.3f} | "
                 f"{r['speedup_vs_eager']:.2f} | {'' if roof is None else f'{100 * roof:.0f}%'} |"
             )
+    train = load(out / "train-cuda.json")
+    if train:
+        lines += [
+            "",
+            "| training step | N | ms | speedup (target 2 at 4096) |",
+            "|---|---|---|---|",
+        ]
+        for r in train["steps"]:
+            lines.append(
+                f"| {r['model']} | {r['batch']} | {r['step_ms']:.2f} | {r['speedup']:.2f} |"
+            )
+        for m in train["memory"]:
+            kept, peak = m["saved_for_backward_bytes"] / 2**20, m["peak_step_bytes"] / 2**20
+            lines.append(
+                f"| {m['model']} memory | {m['batch']} | kept {kept:.0f} MB, peak {peak:.0f} MB | |"
+            )
     text = "\n".join(lines) if lines else "no benchmark results"
     (out / "summary.md").write_text(text + "\n")
     print(text)

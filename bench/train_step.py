@@ -1,0 +1,151 @@
+"""Training-step benchmark: FusedSimpleCNN against SimpleCNN, forward + backward + SGD.
+
+Times full steps (both models interleaved in one process on the CPU; CUDA events on a GPU) and
+measures memory at a given batch: the bytes autograd keeps for backward (each saved storage
+once, via saved-tensor hooks) and the peak memory training adds (on a GPU
+torch.cuda.max_memory_allocated around a step; on the CPU the profiler's memory timeline).
+Writes bench/results/train-<device>.json.
+
+    python bench/train_step.py                       # CPU: time at 256, memory at 1024
+    python bench/train_step.py --device cuda --batches 4096 --memory-batch 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from measure import machine, machine_label, time_cpu, time_cuda
+
+import simplecnn_kernels as sk
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = {"SimpleCNN": sk.SimpleCNN, "FusedSimpleCNN": sk.FusedSimpleCNN}
+
+
+def make_step(cls, batch: int, device: str):
+    torch.manual_seed(0)
+    model = cls(device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(10, (batch,), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return model, x, step
+
+
+def saved_for_backward_bytes(model, x) -> int:
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(storages.values())
+
+
+def peak_step_memory(name: str, batch: int, device: str) -> int:
+    """Bytes of memory one training step adds at its peak."""
+    if device == "cuda":
+        _, _, step = make_step(MODELS[name], batch, device)
+        step()  # the optimizer's state and the gradients exist from here on
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    # CPU: the profiler's memory timeline of one step (a private API: the CPU allocator keeps
+    # no statistics of its own), its peak over its start.
+    from torch.profiler._memory_profiler import MemoryProfileTimeline
+
+    _, _, step = make_step(MODELS[name], batch, device)
+    step()
+    cpu = torch.profiler.ProfilerActivity.CPU
+    with torch.profiler.profile(
+        activities=[cpu], profile_memory=True, record_shapes=True, with_stack=True
+    ) as prof:
+        step()
+    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(torch.device("cpu"))
+    totals = [sum(s) for s in sizes]
+    return max(totals) - totals[0]
+
+
+def run(args) -> None:
+    device = args.device
+    info = machine(device)
+    timer = time_cuda if device == "cuda" else time_cpu
+    rows = []
+    for batch in args.batches:
+        print(f"timing steps at batch {batch} ...", file=sys.stderr)
+        steps = {name: make_step(cls, batch, device)[2] for name, cls in MODELS.items()}
+        times = timer(steps)
+        for name, ms in times.items():
+            rows.append(
+                {
+                    "batch": batch,
+                    "model": name,
+                    "step_ms": ms,
+                    "speedup": times["SimpleCNN"] / ms,
+                    "images_per_s": batch / ms * 1e3,
+                }
+            )
+    memory = []
+    print(f"memory at batch {args.memory_batch} ...", file=sys.stderr)
+    for name, cls in MODELS.items():
+        model, x, _ = make_step(cls, args.memory_batch, device)
+        memory.append(
+            {
+                "batch": args.memory_batch,
+                "model": name,
+                "saved_for_backward_bytes": saved_for_backward_bytes(model, x),
+                "peak_step_bytes": peak_step_memory(name, args.memory_batch, device),
+            }
+        )
+    result = {"machine": info, "command": " ".join(sys.argv), "steps": rows, "memory": memory}
+    RESULTS.mkdir(exist_ok=True)
+    out = args.out / f"train-{device}.json"
+    out.write_text(json.dumps(result, indent=1))
+
+    print(f"\n## Training step, {machine_label(info)}")
+    print("| batch | model | step ms (median) | speedup | images/s |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['batch']} | {r['model']} | {r['step_ms']:.2f} | {r['speedup']:.2f} | "
+            f"{r['images_per_s']:,.0f} |"
+        )
+    print("\n| batch | model | kept for backward (MB) | peak added by a step (MB) |")
+    print("|---|---|---|---|")
+    for m in memory:
+        print(
+            f"| {m['batch']} | {m['model']} | {m['saved_for_backward_bytes'] / 2**20:.1f} | "
+            f"{m['peak_step_bytes'] / 2**20:.1f} |"
+        )
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[64, 256, 1024])
+    parser.add_argument("--memory-batch", type=int, default=1024)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
