@@ -37,12 +37,24 @@ LAYERS = {  # case name: (C_in, C_out, H, W)
     "3-18": (3, 18, 32, 32),  # the SimpleCNN layer
     "64-64": (64, 64, 32, 32),  # wide channels
 }
-CASES = [*LAYERS, "model"]
+MODELS = {"model": sk.SimpleCNN, "vgg": sk.CifarVGG}  # case name: model class
+CASES = [*LAYERS, *MODELS]
 DEFAULT_BATCHES = {
-    "cpu": {"3-18": [1, 16, 64, 256, 1024], "64-64": [1, 16, 64], "model": [1, 16, 64, 256, 1024]},
-    "cuda": {"3-18": [1, 256, 4096, 16384], "64-64": [64, 1024], "model": [256, 4096]},
+    "cpu": {
+        "3-18": [1, 16, 64, 256, 1024],
+        "64-64": [1, 16, 64],
+        "model": [1, 16, 64, 256, 1024],
+        "vgg": [1, 16, 64],
+    },
+    "cuda": {
+        "3-18": [1, 256, 4096, 16384],
+        "64-64": [64, 1024],
+        "model": [256, 4096],
+        "vgg": [64, 1024],
+    },
 }
 DEFAULT_COMPILE_MODE = {"cpu": "default", "cuda": "max-autotune"}
+MODEL_NAMES = {"model": "SimpleCNN model", "vgg": "CifarVGG model (fuse)"}
 
 
 def stock(x, w, b):
@@ -96,13 +108,15 @@ def layer_case(device, dtype, case, batch, compile_mode):
     return providers, errors, flops, moved
 
 
-def model_case(device, dtype, batch, compile_mode):
-    stock_model = sk.SimpleCNN(device=device, dtype=dtype).eval()
+def model_case(device, dtype, case, batch, compile_mode):
+    """A whole model, stock against fused: FusedSimpleCNN for SimpleCNN, fuse() for others."""
+    cls = MODELS[case]
+    stock_model = cls(device=device, dtype=dtype).eval()
     x = torch.randn(batch, 3, 32, 32, device=device, dtype=dtype)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    stock_cl = sk.SimpleCNN(device=device, dtype=dtype).eval().to(memory_format=torch.channels_last)
+    stock_cl = cls(device=device, dtype=dtype).eval().to(memory_format=torch.channels_last)
     stock_cl.load_state_dict(stock_model.state_dict())
-    ref_model = sk.SimpleCNN(device=device, dtype=torch.float64).eval()
+    ref_model = cls(device=device, dtype=torch.float64).eval()
     ref_model.load_state_dict(stock_model.state_dict())
     ref = ref_model(x.double())
     providers = {
@@ -114,15 +128,27 @@ def model_case(device, dtype, batch, compile_mode):
         providers[f"stock compiled ({compile_mode})"] = lambda: stock_compiled(x)
     errors = {}
     for backend in fused_backends(device):
-        fused = sk.FusedSimpleCNN(device=device, dtype=dtype, backend=backend).eval()
-        fused.load_state_dict(stock_model.state_dict())
+        if cls is sk.SimpleCNN:
+            fused = sk.FusedSimpleCNN(device=device, dtype=dtype, backend=backend).eval()
+            fused.load_state_dict(stock_model.state_dict())
+        else:
+            fused = sk.fuse(stock_model, backend=backend)
         providers[f"fused {backend}"] = lambda m=fused: m(x)
         errors[f"fused {backend}"] = rel_err(fused(x), ref)
         if compile_mode != "none":
             fused_compiled = compiled(fused, compile_mode)
             providers[f"fused {backend} compiled"] = lambda m=fused_compiled: m(x)
-    flops = 2 * batch * 18 * 32 * 32 * 3 * 9 + 2 * batch * (4608 * 64 + 64 * 10)
+    flops = model_flops(stock_model, x)
     return providers, errors, flops, None
+
+
+def model_flops(model, x) -> int:
+    """The model's multiply-add FLOPs (2 per MAC) on `x`: its convolutions and linear layers."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops()
 
 
 def run(args) -> None:
@@ -158,8 +184,10 @@ def run(args) -> None:
             )
             print(label + " ...", end="", file=sys.stderr, flush=True)
             with torch.no_grad():
-                if case == "model":
-                    providers, errors, flops, moved = model_case(device, dtype, batch, compile_mode)
+                if case in MODELS:
+                    providers, errors, flops, moved = model_case(
+                        device, dtype, case, batch, compile_mode
+                    )
                 else:
                     providers, errors, flops, moved = layer_case(
                         device, dtype, case, batch, compile_mode
@@ -179,9 +207,7 @@ def rows_for(info, case, dtype, batch, times, errors, flops, moved) -> list[dict
     rows = []
     for provider, ms in times.items():
         row = {
-            "what": "SimpleCNN model"
-            if case == "model"
-            else f"layer {case.replace('-', '->')} 32x32",
+            "what": MODEL_NAMES.get(case, f"layer {case.replace('-', '->')} 32x32"),
             "dtype": str(dtype).removeprefix("torch."),
             "batch": batch,
             "provider": provider,
@@ -216,7 +242,7 @@ def print_table(result: dict) -> None:
         print(f"cuDNN TF32 allowed: {info['cudnn_allow_tf32']}; timings with L2 flushed (cold).")
     print(
         "GFLOP/s count the direct convolution's FLOPs (2 * N * C_out * H * W * C_in * 9), also "
-        "for the Winograd path, which does fewer."
+        "for the Winograd path, which does fewer; for models, their convolutions and linear layers."
     )
     header = ["what", "dtype", "N", "provider", "median ms", "x eager", "x compiled", "GFLOP/s"]
     header += ["% peak", "images/s", "max rel err"]

@@ -4,20 +4,24 @@
     # max_pool2d(relu(conv2d(x, weight, bias, padding=1)), 2) in one pass:
     y = sk.conv3x3_relu_maxpool2d(x, weight, bias)
     model = sk.FusedSimpleCNN()                      # SimpleCNN's drop-in twin, same state_dict
+    fused = sk.fuse(any_model)                       # every conv3x3 -> ReLU -> maxpool2x2 fused
 
 Importing the package registers ``torch.ops.simplecnn.conv3x3_relu_maxpool2d``.
 """
 
-from .models import Conv3x3ReLUMaxPool2d, FusedSimpleCNN, SimpleCNN
+from .fuse import fuse
+from .models import CifarVGG, Conv3x3ReLUMaxPool2d, FusedSimpleCNN, SimpleCNN
 from .ops import BACKENDS, available_backends, conv3x3_relu_maxpool2d
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "CifarVGG",
     "Conv3x3ReLUMaxPool2d",
     "FusedSimpleCNN",
     "SimpleCNN",
     "available_backends",
     "conv3x3_relu_maxpool2d",
+    "fuse",
 ]

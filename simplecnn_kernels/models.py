@@ -113,3 +113,28 @@ class FusedSimpleCNN(SimpleCNN):
                 f"FusedSimpleCNN expects input of shape (N, 3, 32, 32), got {tuple(x.shape)}"
             )
         return self.conv1(x)
+
+
+class CifarVGG(nn.Module):
+    """A VGG-style CIFAR-10 classifier for benchmarks and tests of `fuse`: four
+    conv3x3 -> ReLU -> 2x2 max-pool blocks (fusable) and one conv3x3 -> ReLU without a pool
+    (not fusable), 64 to 512 channels, then a linear classifier. Input (N, 3, 32, 32)."""
+
+    def __init__(self, num_classes: int = 10, device=None, dtype=None) -> None:
+        super().__init__()
+        f = {"device": device, "dtype": dtype}
+
+        def conv(c_in, c_out):
+            return nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, **f)
+
+        self.features = nn.Sequential(
+            conv(3, 64), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),  # 16x16
+            conv(64, 128), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),  # 8x8
+            conv(128, 256), nn.ReLU(inplace=True),  # no pool: stays stock
+            conv(256, 256), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),  # 4x4
+            conv(256, 512), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),  # 2x2
+        )  # fmt: skip
+        self.classifier = nn.Linear(512 * 2 * 2, num_classes, **f)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x).flatten(1))
