@@ -41,6 +41,27 @@ _NAN = tl.constexpr(tl.PropagateNan.ALL)  # jit code may only read constexpr glo
 
 
 @triton.jit
+def _program_tile(
+    C_out, Ho, Wo, b_ptr, sb,
+    HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr,
+):  # fmt: skip
+    """This program's image n, its block of pooled outputs (rows py, columns px, mask p_ok),
+    its block of output channels (co, mask co_ok) and their bias, which starts every conv
+    value, as in the stock conv."""
+    p_blocks = tl.cdiv(Ho * Wo, BLOCK_P)
+    pid = tl.program_id(0)
+    n = (pid // p_blocks).to(tl.int64)
+    p = (pid % p_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    co_ok = co < C_out
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + co.to(tl.int64) * sb, mask=co_ok, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_CO], dtype=tl.float32)
+    return n, p // Wo, p % Wo, p < Ho * Wo, co, co_ok, bias
+
+
+@triton.jit
 def _store_result(
     best, best_pos, out_ptr, son, soc, soh, sow, g_ptr, sgn, sgc, sgh, sgw,
     n, py, px, co, ok, CONV_GRAD: tl.constexpr,
@@ -86,19 +107,9 @@ def _dot_kernel(
     BLOCK_K: tl.constexpr,
     UPCAST: tl.constexpr,  # interpreter: its bfloat16 dot is wrong, so multiply in float32
 ):  # fmt: skip
-    p_blocks = tl.cdiv(Ho * Wo, BLOCK_P)
-    pid = tl.program_id(0)
-    n = (pid // p_blocks).to(tl.int64)
-    p = (pid % p_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_ok = p < Ho * Wo
-    py = p // Wo
-    px = p % Wo
-    co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    co_ok = co < C_out
-    if HAS_BIAS:  # the bias starts every conv value, as in the stock conv
-        bias = tl.load(b_ptr + co.to(tl.int64) * sb, mask=co_ok, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_CO], dtype=tl.float32)
+    n, py, px, p_ok, co, co_ok, bias = _program_tile(
+        C_out, Ho, Wo, b_ptr, sb, HAS_BIAS, BLOCK_P, BLOCK_CO
+    )
 
     # Offsets inside one image are 32-bit (choose_kernel sends larger images to _fma_kernel);
     # the image's own base is 64-bit, so batches beyond 2^31 elements are fine.
@@ -156,19 +167,9 @@ def _fma_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_CO: tl.constexpr,
 ):  # fmt: skip
-    p_blocks = tl.cdiv(Ho * Wo, BLOCK_P)
-    pid = tl.program_id(0)
-    n = (pid // p_blocks).to(tl.int64)
-    p = (pid % p_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_ok = p < Ho * Wo
-    py = p // Wo
-    px = p % Wo
-    co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    co_ok = co < C_out
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + co.to(tl.int64) * sb, mask=co_ok, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_CO], dtype=tl.float32)
+    n, py, px, p_ok, co, co_ok, bias = _program_tile(
+        C_out, Ho, Wo, b_ptr, sb, HAS_BIAS, BLOCK_P, BLOCK_CO
+    )
     # acc_ab: conv value (2*py + a, 2*px + b) of each window; pixels on the fast axis.
     acc00 = tl.zeros([BLOCK_CO, BLOCK_P], dtype=tl.float32) + bias[:, None]
     acc01 = acc00
