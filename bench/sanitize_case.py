@@ -1,5 +1,8 @@
-"""A small run of every CUDA backend, for compute-sanitizer (memcheck, racecheck) in
-bench/gpu_check.sh: odd sizes and partial tiles, all dtypes, results checked against stock."""
+"""A small run of CUDA backends (those named as arguments, default all), for compute-sanitizer
+(memcheck, racecheck) in bench/gpu_check.sh: odd sizes and partial tiles, all dtypes, results
+checked against stock.  usage: python bench/sanitize_case.py [cuda] [triton]"""
+
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -7,7 +10,8 @@ import torch.nn.functional as F
 import simplecnn_kernels as sk
 
 torch.manual_seed(0)
-for backend in [b for b in sk.ops.backends_for("cuda") if b != "reference"]:
+backends = sys.argv[1:] or [b for b in sk.ops.backends_for("cuda") if b != "reference"]
+for backend in backends:
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for n, c_in, c_out, h, w in [(3, 3, 18, 33, 35), (2, 17, 20, 9, 18)]:
             x = torch.randn(n, c_in, h, w, device="cuda", dtype=dtype)

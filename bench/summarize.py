@@ -1,5 +1,6 @@
 """The short table gpu_check.sh prints last: the issue's speed targets at batch 4096 from
-cuda-target.json, and the sweep from cuda-sweep.json.  usage: python bench/summarize.py OUT_DIR"""
+cuda-target.json, the sweeps from cuda-sweep.json and cuda-models.json, training from
+train-cuda.json.  usage: python bench/summarize.py OUT_DIR"""
 
 import json
 import sys
@@ -47,14 +48,18 @@ def main(out: Path) -> None:
             else:
                 cells += ["-", "-"]
             lines.append("| " + " | ".join(cells) + " |")
-    sweep = load(out / "cuda-sweep.json")
-    if sweep:
+    sweep_rows = [
+        row
+        for name in ("cuda-sweep.json", "cuda-models.json")
+        for row in (load(out / name) or {"rows": []})["rows"]
+    ]
+    if sweep_rows:
         lines += [
             "",
             "| what | dtype | N | provider | ms | x eager | % roofline |",
             "|---|---|---|---|---|---|---|",
         ]
-        for r in sweep["rows"]:
+        for r in sweep_rows:
             roof = r.get("fraction_of_copy_bandwidth")
             lines.append(
                 f"| {r['what']} | {r['dtype']} | {r['batch']} | {r['provider']} | {r['ms']:.3f} | "
