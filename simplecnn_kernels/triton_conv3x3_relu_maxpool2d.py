@@ -41,6 +41,19 @@ _NAN = tl.constexpr(tl.PropagateNan.ALL)  # jit code may only read constexpr glo
 
 
 @triton.jit
+def _stored_value(v, dtype: tl.constexpr):
+    """`v` (float32) rounded to `dtype` and back, as torch stores it: to nearest, ties to even.
+    bfloat16 by bit arithmetic, which rounds the same on GPUs and in the interpreter (whose
+    conversion truncates)."""
+    if dtype == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        return tl.where(v != v, v, bits.to(tl.float32, bitcast=True))  # NaN stays NaN
+    else:
+        return v.to(dtype).to(tl.float32)
+
+
+@triton.jit
 def _program_tile(
     C_out, Ho, Wo, b_ptr, sb,
     HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr,
@@ -140,6 +153,8 @@ def _dot_kernel(
             if UPCAST:
                 x = x.to(tl.float32)
             acc = tl.dot(x, w.to(x.dtype), acc, input_precision="tf32")
+        if CONV_GRAD:  # route by the values stock stores: rounded to the tensors' dtype
+            acc = _stored_value(acc, out_ptr.dtype.element_ty)
         # The stock max-pool's running max: take a greater value or a NaN (NaN propagates,
         # ties keep the first, the last NaN wins).
         take = (acc > best) | (acc != acc)
@@ -205,6 +220,11 @@ def _fma_kernel(
         x_c += sxc
         w_c += swi
 
+    if CONV_GRAD:  # route by the values stock stores: rounded to the tensors' dtype
+        acc00 = _stored_value(acc00, out_ptr.dtype.element_ty)
+        acc01 = _stored_value(acc01, out_ptr.dtype.element_ty)
+        acc10 = _stored_value(acc10, out_ptr.dtype.element_ty)
+        acc11 = _stored_value(acc11, out_ptr.dtype.element_ty)
     # The stock max-pool's running max over the window (see _dot_kernel).
     best = acc00
     best_pos = tl.zeros([BLOCK_CO, BLOCK_P], dtype=tl.int32)

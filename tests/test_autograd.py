@@ -118,6 +118,51 @@ def test_nan_and_inf_route_the_gradient_as_stock(device, backend, c_in):
     _assert_grads_close(ours, _stock_grads(x, w, b, grad_out), x.dtype)
 
 
+@pytest.mark.parametrize("device,backend", device_backends())
+@pytest.mark.parametrize(
+    "shape,where",
+    [
+        ((1, 1, 1, 4, 8), "weight (1, 0)"),  # the left tap: NaN at the image's last column
+        ((1, 1, 1, 4, 8), "weight (1, 2)"),  # the right tap: NaN at the first column
+        ((1, 1, 1, 5, 6), "input (4, 2)"),  # the last row, which the pool drops (odd H)
+        ((1, 1, 1, 4, 9), "input (1, 8)"),  # the last column, which the pool drops (odd W)
+        ((2, 3, 5, 4, 7), "input (1, 6)"),
+    ],
+    ids=str,
+)
+def test_infinities_at_the_edges_give_the_stock_nan_pattern(device, backend, shape, where):
+    # An infinity times a zero gradient is NaN: which gradients are NaN depends on exactly
+    # which products are formed, also at the image's edges and the rows the pool drops.
+    x, w, b = make_inputs(*shape, device=device, dtype=torch.float32)
+    b = b.abs() + 5  # ReLU passes every window, so every conv value gets a gradient
+    tensor, pos = where.split(" ", 1)
+    y, col = (int(v) for v in pos.strip("()").split(","))
+    if tensor == "weight":
+        w[0, 0, y, col] = math.inf
+    else:
+        x[0, 0, y, col] = math.inf
+    grad_out = torch.randn_like(stock(x, w, b))
+    ours = _fused_grads(x, w, b, grad_out, backend)
+    _assert_grads_close(ours, _stock_grads(x, w, b, grad_out), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("c_in", [3, 16], ids=["fused", "conv-grad"])
+def test_low_precision_routes_by_the_stored_conv_values(dtype, c_in):
+    # Stock picks each window's max among conv values rounded to the dtype, where two values
+    # that differ in float32 may tie. The fused backward routes the same, window for window.
+    x, w, b = make_inputs(4, c_in, 18, 32, 32, dtype=dtype)
+    grad_out = torch.randn_like(stock(x, w, b))
+    expected = _stock_grads(x, w, b, grad_out)
+    fused = torch.ops.simplecnn._fused_backward(grad_out, x, w, b, [True, True, True])
+    conv = F.conv2d(x, w, b, padding=1).requires_grad_()
+    F.max_pool2d(F.relu(conv), 2, 2).backward(grad_out)
+    routed = torch.ops.simplecnn._conv_grad(grad_out, x, w, b)
+    torch.testing.assert_close(routed, conv.grad, rtol=0, atol=0)
+    for name, g, r in zip(("input", "weight", "bias"), fused, expected, strict=True):
+        torch.testing.assert_close(g.float(), r.float(), rtol=2e-2, atol=4e-2, msg=name)
+
+
 @pytest.mark.parametrize("shape", GRAD_SHAPES, ids=str)
 def test_both_backward_ops_on_every_width(shape):
     # The autograd formula picks one route by width; each must be right at any width.

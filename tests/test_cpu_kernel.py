@@ -45,6 +45,14 @@ x, w, b = make_inputs(2, 3, 7, 20, 37)
 x.view(-1)[torch.randperm(x.numel())[:12]] = float("nan")
 x.view(-1)[torch.randperm(x.numel())[:12]] = float("inf")
 assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"), x, w, b)
+for dtype in (torch.float32, torch.bfloat16, torch.float16):  # the backward's window routing
+    x, w, b = make_inputs(4, 3, 18, 32, 32, dtype=dtype)
+    conv = torch.nn.functional.conv2d(x, w, b, padding=1).requires_grad_()
+    pooled = torch.nn.functional.max_pool2d(conv.relu(), 2, 2)
+    grad_out = torch.randn_like(pooled)
+    pooled.backward(grad_out)
+    routed = torch.ops.simplecnn._conv_grad(grad_out, x, w, b)
+    torch.testing.assert_close(routed, conv.grad, rtol=0, atol=0)
 print("ok")
 """
 

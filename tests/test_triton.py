@@ -80,6 +80,20 @@ def test_conv_grad_kernel(kernel, shape, layout):
     torch.testing.assert_close(got.double(), conv.grad, rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_conv_grad_kernel_routes_by_the_stored_values(kernel, dtype):
+    # Stock picks each window's max among conv values rounded to the dtype (two values that
+    # differ in float32 may tie there); the kernel routes by the same rounded values.
+    x, w, b = make_inputs(2, 3, 18, 16, 16, dtype=dtype, device=DEVICE)
+    conv = torch.nn.functional.conv2d(x, w, b, padding=1).requires_grad_()
+    pooled = torch.nn.functional.max_pool2d(torch.relu(conv), 2, 2)
+    grad_out = torch.randn_like(pooled)
+    pooled.backward(grad_out)
+    got = tk.conv_grad(grad_out, x, w, b, kernel=kernel)
+    torch.testing.assert_close(got, conv.grad, rtol=0, atol=0)
+
+
 def test_op_backend_triton_unbatched_and_empty():
     x, w, b = make_inputs(None, 3, 4, 6, 6, device=DEVICE)
     out = sk.conv3x3_relu_maxpool2d(x, w, b, backend="triton")

@@ -13,7 +13,7 @@
 #include "avx2_helpers.h"
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 
 namespace simplecnn::cpu {
 namespace {
@@ -39,9 +39,27 @@ inline void even_odd(__m256 h0, __m256 h1, __m256& even, __m256& odd) {
   odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(odd), _MM_SHUFFLE(3, 1, 2, 0)));
 }
 
+// `v` rounded to the storage dtype (and back), as the stock conv output is stored.
+inline __m256 round_to_storage(__m256 v, StorageType storage) {
+  if (storage == StorageType::kHalf) {
+    return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  if (storage == StorageType::kBFloat16) {  // round to nearest even on the upper 16 bits
+    const __m256i bits = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    const __m256i rounded = _mm256_and_si256(
+        _mm256_add_epi32(bits, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)),
+        _mm256_set1_epi32(static_cast<int>(0xffff0000u)));
+    // NaN stays NaN (the addition could carry a NaN's low bits into an infinity).
+    return _mm256_blendv_ps(_mm256_castsi256_ps(rounded), v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  return v;
+}
+
 // The backward pass's recompute: window_index (pooled_chunk.h) for 8 windows at once, from the
 // window positions (a, b) in max-pool order (0,0) (0,1) (1,0) (1,1), stored as int8.
-inline void store_window_indices(const __m256 (&v)[4], int8_t* dst, int n_out) {
+inline void store_window_indices(__m256 (&v)[4], StorageType storage, int8_t* dst, int n_out) {
+  for (int p = 0; p < 4; ++p) v[p] = round_to_storage(v[p], storage);
   const __m256 zero = _mm256_setzero_ps();
   __m256 best = v[0], index = zero;
   for (int p = 1; p < 4; ++p) {
@@ -128,7 +146,7 @@ void chunk_avx2(const ChunkArgs<float>& a) {
       __m256 v[4];
       even_odd(acc[0][co][0], acc[0][co][1], v[0], v[1]);
       even_odd(acc[1][co][0], acc[1][co][1], v[2], v[3]);
-      store_window_indices(v, a.index + co * a.index_ch_stride, a.n_out);
+      store_window_indices(v, a.storage, a.index + co * a.index_ch_stride, a.n_out);
     }
     return;
   }

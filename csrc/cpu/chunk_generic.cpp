@@ -1,12 +1,25 @@
 // The portable micro-kernel and the choice between it and the AVX2 one.
 #include "pooled_chunk.h"
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <cstdlib>
 #include <string>
 #include <type_traits>
 
 namespace simplecnn::cpu {
 namespace {
+
+// `v` rounded to the storage dtype (and back), as the stock conv output is stored.
+template <typename acc_t>
+acc_t round_to_storage(acc_t v, StorageType storage) {
+  if (storage == StorageType::kHalf) return static_cast<float>(c10::Half(static_cast<float>(v)));
+  if (storage == StorageType::kBFloat16) {
+    return static_cast<float>(c10::BFloat16(static_cast<float>(v)));
+  }
+  return v;
+}
 
 template <typename T>
 inline T max_keep_nan(T a, T b) {  // the stock max-pool's max: NaN wins
@@ -59,8 +72,10 @@ void chunk_generic(const ChunkArgs<acc_t>& a) {
   if (a.index != nullptr) {
     for (int co = 0; co < CO; ++co)
       for (int j = 0; j < a.n_out; ++j) {
-        const acc_t window[4] = {acc[0][co][2 * j], acc[0][co][2 * j + 1], acc[1][co][2 * j],
-                                 acc[1][co][2 * j + 1]};
+        const acc_t window[4] = {round_to_storage(acc[0][co][2 * j], a.storage),
+                                 round_to_storage(acc[0][co][2 * j + 1], a.storage),
+                                 round_to_storage(acc[1][co][2 * j], a.storage),
+                                 round_to_storage(acc[1][co][2 * j + 1], a.storage)};
         a.index[co * a.index_ch_stride + j] = window_index(window);
       }
     return;
@@ -91,7 +106,7 @@ bool use_avx2() {
     if (forced != nullptr && std::string(forced) == "generic") return false;
 #if defined(__x86_64__)
     return avx2_chunk_kernel(1) != nullptr && __builtin_cpu_supports("avx2") &&
-           __builtin_cpu_supports("fma");
+           __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #else
     return false;
 #endif

@@ -18,7 +18,10 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/all.h>
+#include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/isfinite.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -73,14 +76,23 @@ void channel_grad(const ChannelGradArgs<acc_t>& a, bool input_grad, bool weight_
   if (input_grad) grad_input_generic(a);
 }
 
+template <typename scalar_t>
+constexpr StorageType storage_type() {
+  if constexpr (std::is_same_v<scalar_t, at::Half>) return StorageType::kHalf;
+  if constexpr (std::is_same_v<scalar_t, at::BFloat16>) return StorageType::kBFloat16;
+  return StorageType::kFloat;
+}
+
 // direct_row's target for the recompute: window indices into [c_out][ho][wo].
 struct IndexTarget {
   int8_t* index;
   int64_t plane, wo, py;
+  StorageType storage;
   template <typename acc_t>
   void prepare(ChunkArgs<acc_t>& args, int64_t co0, int64_t x) {
     args.index = index + co0 * plane + py * wo + x / 2;
     args.index_ch_stride = plane;
+    args.storage = storage;
   }
   template <typename acc_t>
   void finish(const ChunkArgs<acc_t>&, int64_t, int, int64_t) {}
@@ -227,7 +239,7 @@ class FusedBackward {
     const int64_t plane = Ho_ * Wo_;
     stage_rows<scalar_t, acc_t>(input_, n, -1, staged_rows(), g_.padded_w, ws.rows.data());
     for (int64_t py = 0; py < Ho_; ++py) {
-      IndexTarget target{ws.index.data(), plane, Wo_, py};
+      IndexTarget target{ws.index.data(), plane, Wo_, py, storage_type<scalar_t>()};
       direct_row(g_, ws.rows.data() + 2 * py * g_.row_stride, packed_.data(), bias_.data(),
                  ws.partial.data(), target);
     }
@@ -283,10 +295,27 @@ static void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& 
     __VA_ARGS__                                                                                  \
   })
 
+at::Tensor conv_grad_cpu(const at::Tensor& grad_out, const at::Tensor& input,
+                         const at::Tensor& weight, const std::optional<at::Tensor>& bias);
+
 cpu::Grads fused_backward_cpu(const at::Tensor& grad_out, const at::Tensor& input,
                               const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                               std::array<bool, 3> output_mask) {
   check_backward_inputs(grad_out, input, weight, bias);
+  // With an infinite or NaN input or weight, the gradients' NaN pattern depends on which
+  // products of zero and infinity are formed: the strips here cover whole vectors of conv
+  // columns, the stock conv backward exactly the image. Such calls take the stock conv backward
+  // on the conv-output gradient, which gives the stock pattern.
+  if (!at::isfinite(input).all().item<bool>() || !at::isfinite(weight).all().item<bool>()) {
+    const at::Tensor grad_conv = conv_grad_cpu(grad_out, input, weight, bias);
+    const auto [gi, gw, gb] = at::convolution_backward(
+        grad_conv, input, weight, at::OptionalIntArrayRef(weight.sizes().slice(0, 1)), {1, 1},
+        {1, 1}, {1, 1}, false, {0, 0}, 1, output_mask);
+    const auto defined = [](const at::Tensor& t) {
+      return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+    };
+    return {defined(gi), defined(gw), bias.has_value() ? defined(gb) : std::nullopt};
+  }
   cpu::Grads grads;
   SIMPLECNN_DISPATCH_CPU("conv3x3_relu_maxpool2d_backward_cpu", {
     grads = cpu::FusedBackward<scalar_t, acc_t>(grad_out, input, weight, bias).grads(output_mask);

@@ -15,6 +15,8 @@
 
 namespace simplecnn::cpu {
 
+enum class StorageType : int8_t { kFloat, kHalf, kBFloat16 };
+
 constexpr int kChunkCols = 16;       // conv columns per call: two AVX2 vectors of 8 floats
 constexpr int kChunkPooled = kChunkCols / 2;
 constexpr int kMaxChannelBlock = 3;  // 2 rows x 3 channels x 2 vectors = 12 ymm accumulators
@@ -43,6 +45,9 @@ struct ChunkArgs {
   // position (0..3 = a*2+b) the stock max-pool + ReLU send the gradient to, -1 where none.
   int8_t* index = nullptr;
   int64_t index_ch_stride = 0;  // bytes between channels in `index`; columns are contiguous
+  // The tensors' dtype: stock routes by the conv values rounded to it (two values that round
+  // to one number are a tie there), so the indices are chosen on rounded values too.
+  StorageType storage = StorageType::kFloat;
 };
 
 template <typename acc_t>
