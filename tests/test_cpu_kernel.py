@@ -57,19 +57,23 @@ print("ok")
 """
 
 
-def test_generic_kernel_matches_stock():
-    # The portable path runs on CPUs without AVX2; SIMPLECNN_CPU_CAPABILITY=generic forces it
-    # (read once per process, hence the subprocess).
-    env = {**os.environ, "SIMPLECNN_CPU_CAPABILITY": "generic"}
+def _run_with_env(script: str, **env) -> None:
+    """Runs `script` in a fresh process with these environment settings (the switches are read
+    once per process) and checks it printed "ok"."""
     result = subprocess.run(
-        [sys.executable, "-c", GENERIC_CHECK],
+        [sys.executable, "-c", script],
         cwd=Path(__file__).parent,
-        env=env,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_generic_kernel_matches_stock():
+    # The portable path runs on CPUs without AVX2; SIMPLECNN_CPU_CAPABILITY=generic forces it.
+    _run_with_env(GENERIC_CHECK, SIMPLECNN_CPU_CAPABILITY="generic")
 
 
 def _ymm_stack_accesses(disassembly: str, function: str) -> tuple[int, int]:
@@ -150,6 +154,23 @@ def test_algorithm_choice():
     w = w.clone()
     w[3, 5, 1, 1] = float("inf")
     assert _algorithm(x, w) == "direct"  # the weight transform would turn inf into NaN
+
+
+WINOGRAD_OFF_CHECK = """
+import torch
+import simplecnn_kernels as sk
+from checks import assert_matches_reference, make_inputs
+
+x, w, b = make_inputs(2, 32, 32, 16, 16)
+assert torch.ops.simplecnn._cpu_algorithm(x, w) == "direct"
+assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b), x, w, b)
+print("ok")
+"""
+
+
+@needs_avx2
+def test_winograd_can_be_switched_off():
+    _run_with_env(WINOGRAD_OFF_CHECK, SIMPLECNN_CPU_WINOGRAD="0")
 
 
 WINOGRAD_SHAPES = [

@@ -77,12 +77,22 @@ bool all_finite(const at::Tensor& weight) {
   return finite;
 }
 
+// SIMPLECNN_CPU_WINOGRAD=0 (read once) keeps every layer on the direct sums: Winograd's error
+// bound is a few times the direct one (winograd.h), which a user may not want to trade.
+bool winograd_allowed() {
+  static const bool allowed = [] {
+    const char* setting = std::getenv("SIMPLECNN_CPU_WINOGRAD");
+    return setting == nullptr || std::string(setting) != "0";
+  }();
+  return allowed;
+}
+
 template <typename scalar_t, typename acc_t>
 bool use_winograd(const at::Tensor& input, const at::Tensor& weight) {
   if constexpr (!std::is_same_v<acc_t, float>) {
     return false;
   } else {
-    return use_avx2() && input.size(1) >= kWinogradMinChannels &&
+    return winograd_allowed() && use_avx2() && input.size(1) >= kWinogradMinChannels &&
            weight.size(0) >= kWinogradMinChannels &&
            input.size(0) * (input.size(2) / 2) * (input.size(3) / 2) >= kWinogradMinWindows &&
            all_finite<scalar_t>(weight);

@@ -112,10 +112,12 @@ void multiply(const WinogradTilesArgs& a) {
 }
 
 // Y = A^T M A (A^T = [1 1 1 0; 0 1 -1 -1]) gives the window's four conv values (without bias);
-// then max over the window, bias, ReLU. False when a window's max is not finite (an overflow in
-// the products): the direct kernel then decides that row.
+// then max over the window, bias, ReLU. False when any of the four conv values is not finite
+// (an overflow in the products or the sums, which the direct sums may not have): the direct
+// kernel then decides those windows.
 bool output_transform(const WinogradTilesArgs& a) {
-  __m256 check = _mm256_setzero_ps();
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 check = zero;
   const int64_t plane = tiles(a) * a.co_padded;
   for (int64_t t = 0; t < tiles(a); ++t) {
     const float* m = a.m + t * a.co_padded;
@@ -133,10 +135,10 @@ bool output_transform(const WinogradTilesArgs& a) {
       for (int i = 0; i < 2; ++i) {  // (A^T M) A
         const __m256 y0 = _mm256_add_ps(_mm256_add_ps(r[i][0], r[i][1]), r[i][2]);
         const __m256 y1 = _mm256_sub_ps(_mm256_sub_ps(r[i][1], r[i][2]), r[i][3]);
+        check = _mm256_fmadd_ps(y0, zero, _mm256_fmadd_ps(y1, zero, check));
         const __m256 row_max = max_keep_nan(y0, y1);
         window = i == 0 ? row_max : max_keep_nan(window, row_max);
       }
-      check = _mm256_add_ps(check, _mm256_sub_ps(window, window));
       const __m256 out = relu_keep_nan(_mm256_add_ps(window, _mm256_loadu_ps(a.bias + co)));
       _mm256_storeu_ps(a.pooled + t * a.co_padded + co, out);
     }
