@@ -210,8 +210,8 @@ def _forward(
 ) -> Tensor:
     _check_inputs(input, weight, bias)
     backend = resolve_backend(backend, input.device, input.dtype)
-    if input.dim() == 3:
-        return _run_backend(backend, input.unsqueeze(0), weight, bias).squeeze(0)
+    if input.dim() == 3:  # stock max-pool returns unbatched results contiguous, whatever the conv's
+        return _run_backend(backend, input.unsqueeze(0), weight, bias).squeeze(0).contiguous()
     return _run_backend(backend, input, weight, bias)
 
 
@@ -270,12 +270,19 @@ def _backward(ctx, grad_output: Tensor):
     unbatched = input.dim() == 3
     if unbatched:
         input, grad_output = input.unsqueeze(0), grad_output.unsqueeze(0)
-    if ctx.backend == "cpu" and input.shape[1] < _FUSED_BACKWARD_MAX_CHANNELS:
+    # Under create_graph the backward itself must be differentiable: the stock ops are, the
+    # kernels are not.
+    differentiable = torch.is_grad_enabled()
+    if (
+        ctx.backend == "cpu"
+        and input.shape[1] < _FUSED_BACKWARD_MAX_CHANNELS
+        and not differentiable
+    ):
         grad_input, grad_weight, grad_bias = torch.ops.simplecnn._fused_backward(
             grad_output, input, weight, bias, mask
         )
     else:
-        if ctx.backend == "reference":
+        if ctx.backend == "reference" or differentiable:
             grad_conv = _conv_grad_reference(grad_output, input, weight, bias)
         else:
             grad_conv = torch.ops.simplecnn._conv_grad(grad_output, input, weight, bias)
@@ -356,8 +363,13 @@ def _register_autocast(device_type: str, dispatch_key: str) -> None:
     def autocast_kernel(input, weight, bias=None, *, backend=None):
         dtype = torch.get_autocast_dtype(device_type)
 
-        def cast(t):
-            if t is not None and t.is_floating_point() and t.device.type == device_type:
+        def cast(t):  # what autocast casts: floating tensors of its device, never float64
+            if (
+                t is not None
+                and t.is_floating_point()
+                and t.dtype != torch.float64
+                and t.device.type == device_type
+            ):
                 return t.to(dtype)
             return t
 

@@ -10,6 +10,7 @@ from checks import make_inputs, stock
 from conftest import device_backends
 
 import simplecnn_kernels as sk
+from simplecnn_kernels.ops import backends_for
 
 GRAD_SHAPES = [  # (N, C_in, C_out, H, W)
     (3, 3, 18, 16, 14),  # the SimpleCNN layer's channels: the fused CPU backward
@@ -199,6 +200,30 @@ def test_autocast_runs_in_the_autocast_dtype(device, backend):
         out.float().sum().backward()
         assert w.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
         w.grad = b.grad = None
+
+
+@pytest.mark.parametrize("device,backend", device_backends())
+def test_autocast_leaves_float64_alone_and_casts_other_floats_as_stock(device, backend):
+    for input_dtype in (torch.float64, torch.float16, torch.bfloat16):
+        if backend not in backends_for(device, input_dtype):
+            continue
+        x, w, b = make_inputs(2, 3, 4, 8, 8, dtype=input_dtype, device=device)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            out = sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend)
+            assert out.dtype == stock(x, w, b).dtype, input_dtype
+
+
+@pytest.mark.parametrize("device,backend", [*device_backends(), ("cpu", "reference")])
+@pytest.mark.parametrize("c_in", [3, 16], ids=["fused_route", "conv_grad_route"])
+def test_double_backward(device, backend, c_in):
+    # create_graph=True: the backward runs through differentiable stock ops.
+    x, w, b = make_inputs(2, c_in, 4, 6, 8, dtype=torch.float64, device=device)
+    if backend not in backends_for(device, torch.float64):
+        pytest.skip(f"{backend} does not run float64")
+    args = tuple(t.detach().requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradgradcheck(
+        lambda x, w, b: sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend), args
+    )
 
 
 def _saved_bytes(model, x):

@@ -46,9 +46,10 @@ def test_matches_stock(device, backend, shape, dtype, layout, bias):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_output_layout_is_stocks(device, backend, layout):
     x, w, b = make_inputs(2, 3, 8, 10, 12, device=device, layout=layout)
-    for weight in (w, w.contiguous(memory_format=torch.channels_last)):
-        out = sk.conv3x3_relu_maxpool2d(x, weight, b, backend=backend)
-        assert out.stride() == stock(x, weight, b).stride()
+    for input in (x, x[0]):  # batched and unbatched
+        for weight in (w, w.contiguous(memory_format=torch.channels_last)):
+            out = sk.conv3x3_relu_maxpool2d(input, weight, b, backend=backend)
+            assert out.stride() == stock(input, weight, b).stride()
 
 
 @pytest.mark.parametrize("device,backend", device_backends())
@@ -143,6 +144,8 @@ def sample_inputs(device, requires_grad=False):
             x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
             b = None if b is None else b.detach().requires_grad_()
         cases.append(((x, w, b), {}))
+    x, w, b = cases[3][0]  # unbatched with a channels_last weight: the output is contiguous
+    cases.append(((x, w.contiguous(memory_format=torch.channels_last), b), {}))
     return cases
 
 
