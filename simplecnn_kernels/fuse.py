@@ -7,7 +7,8 @@ torch.max_pool2d), in either order of ReLU and pool (they commute). A model that
 is searched for chains inside its nn.Sequential containers instead. The fused layer takes the
 conv's place and name, so state_dict keys stay those of the original model.
 
-A chain is left alone when an intermediate result is used elsewhere, or when a setting differs:
+A chain is left alone when an intermediate result is used elsewhere, when its conv module is
+also called elsewhere (fusing would change that other call), or when a setting differs:
 kernel other than 3x3, stride, padding other than 1, dilation, groups, padding_mode, or a pool
 other than 2x2 stride 2 without padding, ceil_mode or indices.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -28,21 +30,20 @@ logger = logging.getLogger(__name__)
 _RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_)
 
 
-def fuse(model: nn.Module, backend: str | None = None, *, inplace: bool = False) -> nn.Module:
-    """The model with its conv3x3 -> ReLU -> maxpool2x2 chains fused.
+def fuse(model: nn.Module, backend: str | None = None) -> nn.Module:
+    """A copy of the model with its conv3x3 -> ReLU -> maxpool2x2 chains fused; `model` itself
+    is left unchanged.
 
     Args:
         model: any nn.Module.
         backend: the fused layers' backend (None: the best for the tensors' device).
-        inplace: rewrite `model` itself; by default a copy is rewritten and `model` is unchanged.
 
     Returns:
         The rewritten model: a torch.fx.GraphModule when the model traces, else the model with
         its nn.Sequential containers rewritten. Its ``fused_layers`` attribute lists the names
         of the fused layers (the convs' names).
     """
-    if not inplace:
-        model = copy.deepcopy(model)
+    model = copy.deepcopy(model)
     try:
         traced = fx.symbolic_trace(model)
     except Exception as error:  # any tracing failure: data-dependent control flow, unsupported ops
@@ -132,9 +133,12 @@ def _only_user(node: fx.Node) -> fx.Node | None:
 
 def _fuse_graph(gm: fx.GraphModule, backend: str | None) -> list[str]:
     modules = dict(gm.named_modules())
+    calls = Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
     fused = []
     for conv in list(gm.graph.nodes):
         if conv.op != "call_module" or not _conv_fusable(modules[conv.target]):
+            continue
+        if calls[conv.target] > 1:  # one module called at several places
             continue
         middle = _only_user(conv)  # conv -> relu -> pool, or conv -> pool -> relu
         last = _only_user(middle) if middle is not None else None
@@ -168,6 +172,8 @@ def _fuse_sequentials(model: nn.Module, backend: str | None) -> list[str]:
     """Fuses consecutive Conv2d, ReLU, MaxPool2d children (either order of the last two) of
     every nn.Sequential: the conv becomes the fused layer, the other two nn.Identity, so the
     children keep their indices and the state_dict its keys."""
+    # How often each module appears in the model: a conv shared with another place stays.
+    uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     fused = []
     for name, seq in model.named_modules():
         if not isinstance(seq, nn.Sequential):
@@ -178,6 +184,8 @@ def _fuse_sequentials(model: nn.Module, backend: str | None) -> list[str]:
             pools = [m for m in (a, b) if type(m) is nn.MaxPool2d]
             relus = [m for m in (a, b) if type(m) is nn.ReLU]
             if not (_conv_fusable(conv) and len(pools) == 1 and len(relus) == 1):
+                continue
+            if uses[id(conv)] > 1:
                 continue
             pool = pools[0]
             if not _pool_fusable(

@@ -106,9 +106,48 @@ def test_model_that_does_not_trace_falls_back_to_sequentials():
     assert list(fused.state_dict()) == list(model.state_dict())
 
 
-def test_inplace_rewrites_the_model_itself():
-    model = DoesNotTrace()
-    assert sk.fuse(model, inplace=True) is model and _count(model, FUSED) == 2
+def test_the_original_model_is_left_unchanged():
+    for model in (DoesNotTrace(), Functional()):
+        fused = sk.fuse(model)
+        assert fused is not model and _count(fused, FUSED) > 0 and _count(model, FUSED) == 0
+
+
+class SharedConv(nn.Module):
+    """One conv module called twice: a chain at one call, a plain conv at the other."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return F.max_pool2d(F.relu(self.conv(x)), 2).sum() + self.conv(x).sum()
+
+
+class SharedConvInSequentials(DoesNotTrace):
+    """The same conv instance in two containers, only one of them a chain."""
+
+    def __init__(self):
+        super().__init__()
+        self.plain = nn.Sequential(self.other[0])
+
+    def forward(self, x):
+        if x.sum() > 0:
+            x = -x
+        x = self.block(x)
+        return self.other(x).sum() + self.plain(x).sum()
+
+
+@pytest.mark.parametrize(
+    ("model_class", "expected", "c_in"),
+    [(SharedConv, [], 8), (SharedConvInSequentials, ["block.0"], 3)],
+)
+def test_a_conv_called_elsewhere_is_not_fused(model_class, expected, c_in):
+    model = model_class().eval()
+    fused = sk.fuse(model)
+    assert fused.fused_layers == expected
+    x = torch.randn(2, c_in, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_fuse_simplecnn_behaves_as_fused_simplecnn():
