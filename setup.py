@@ -8,7 +8,8 @@ Environment switches:
                         1: require it (fail loudly if it cannot be built); 0: skip it.
   CUDA_HOME             the toolkit root. When unset it is found from nvcc, following wrapper
                         scripts such as /usr/local/bin/nvcc -> /usr/local/cuda-13.0/bin/nvcc.
-  TORCH_CUDA_ARCH_LIST  the GPU architectures to build for (torch's default otherwise).
+  TORCH_CUDA_ARCH_LIST  the GPU architectures to build for: torch's default (the visible GPUs'),
+                        or Ampere and Hopper with PTX (8.0;9.0+PTX) on a machine without a GPU.
   MAX_JOBS              parallel compile jobs (ninja).
 """
 
@@ -54,7 +55,7 @@ if _cuda_home:
 import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"  # the Makefile's default too
 
 
 def build_cuda():
@@ -91,6 +92,9 @@ def extension():
     # shares torch's thread pool and obeys torch.set_num_threads.
     cxx_flags = ["-O3", "-fopenmp"]
     if build_cuda():
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            # torch derives the list from the visible GPUs and fails on a machine with none.
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
         nvcc_flags = ["-O3", "-lineinfo"]  # no --use_fast_math: NaN/Inf must stay exact
         return CUDAExtension(
             "simplecnn_kernels._C",

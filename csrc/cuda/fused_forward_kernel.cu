@@ -130,10 +130,13 @@ void launch_fused_forward(const at::Tensor& input, const at::Tensor& weight,
   const int64_t tiles_w = (Wo + kTileW - 1) / kTileW;
   const int64_t tiles_per_image = ((Ho + kTileH - 1) / kTileH) * tiles_w;
   const int64_t blocks = N * tiles_per_image;
+  const int64_t co_blocks = (C_out + kCoPerThread - 1) / kCoPerThread;
+  // CUDA's grid limits: 2^31 - 1 blocks in x, 65535 in y.
   TORCH_CHECK(blocks <= 0x7fffffff, "conv3x3_relu_maxpool2d: input too large for one launch (",
               blocks, " blocks)");
-  const dim3 grid(static_cast<unsigned>(blocks),
-                  static_cast<unsigned>((C_out + kCoPerThread - 1) / kCoPerThread));
+  TORCH_CHECK(co_blocks <= 65535, "conv3x3_relu_maxpool2d: the CUDA kernel takes at most ",
+              65535 * kCoPerThread, " output channels, got weight with C_out=", C_out);
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(co_blocks));
   // The current stream, so CUDA graphs and torch.compile(mode="reduce-overhead") see the work.
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
