@@ -129,6 +129,10 @@ def test_avx2_kernels_keep_their_accumulators_in_registers(tmp_path):
         fmas, spills = _ymm_stack_accesses(winograd, f"gemm_tiles<{rows}>")
         assert fmas == 2 * rows, f"gemm_tiles<{rows}>: {fmas} FMAs, expected {2 * rows}"
         assert spills == 0, f"gemm_tiles<{rows}>: {spills} ymm stack accesses"
+    implicit_gemm = _disassemble("csrc/cpu/implicit_gemm_avx2.cpp", tmp_path)
+    fmas, spills = _ymm_stack_accesses(implicit_gemm, "window_gemm_avx2")
+    assert fmas == 8, f"window_gemm_avx2: {fmas} FMAs, expected 8"
+    assert spills == 0, f"window_gemm_avx2: {spills} ymm stack accesses"
 
 
 # --- the Winograd path (wide layers) -----------------------------------------------------------
@@ -147,13 +151,61 @@ def test_algorithm_choice():
     wide = make_inputs(1, 64, 64, 16, 16)
     assert _algorithm(*wide[:2]) == "winograd"
     assert _algorithm(*make_inputs(2, 3, 18, 32, 32)[:2]) == "direct"  # few input channels
-    assert _algorithm(*make_inputs(1, 64, 64, 8, 8)[:2]) == "direct"  # 16 windows: too few
+    # Too few windows for Winograd: narrow images take the implicit GEMM, wider ones the direct
+    # kernel.
+    assert _algorithm(*make_inputs(1, 64, 64, 8, 8)[:2]) == "implicit_gemm"
+    assert _algorithm(*make_inputs(1, 64, 64, 14, 8)[:2]) == "implicit_gemm"
+    assert _algorithm(*make_inputs(1, 64, 64, 8, 14)[:2]) == "direct"
+    assert _algorithm(*make_inputs(1, 15, 64, 4, 4)[:2]) == "direct"  # narrow layer
     x, w, _ = make_inputs(2, 64, 64, 16, 16, dtype=torch.float64)
     assert _algorithm(x, w) == "direct"  # float64 keeps the direct sums
     x, w, _ = wide
     w = w.clone()
     w[3, 5, 1, 1] = float("inf")
     assert _algorithm(x, w) == "direct"  # the weight transform would turn inf into NaN
+    x, w, _ = make_inputs(16, 64, 64, 8, 8)
+    assert _algorithm(x, w) == "winograd"
+    w[3, 5, 1, 1] = float("inf")
+    assert _algorithm(x, w) == "implicit_gemm"  # direct sums on a narrow image
+
+
+IMPLICIT_GEMM_SHAPES = [
+    (1, 256, 512, 4, 4),  # the deepest CifarVGG layer at batch 1
+    (1, 16, 16, 5, 7),  # odd H and W, C_out one block
+    (2, 17, 33, 9, 9),  # C_in not a multiple of 8 (nor of the 48-channel blocks), C_out of 16
+    (3, 100, 20, 2, 2),  # one window per image; C_in in 3 blocks (48, 48, 4)
+]
+
+
+@needs_avx2
+@pytest.mark.parametrize("shape", IMPLICIT_GEMM_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_implicit_gemm_matches_stock(shape, dtype, layout):
+    from checks import assert_matches_reference, make_inputs
+
+    import simplecnn_kernels as sk
+
+    x, w, b = make_inputs(*shape, dtype=dtype, layout=layout)
+    assert _algorithm(x, w) == "implicit_gemm"
+    assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"), x, w, b)
+
+
+@needs_avx2
+@pytest.mark.parametrize("special", [float("nan"), float("inf"), -float("inf")], ids=str)
+@pytest.mark.parametrize("where", ["input", "weight"])
+def test_implicit_gemm_nan_and_inf_as_stock(special, where):
+    from checks import assert_matches_reference, make_inputs
+
+    import simplecnn_kernels as sk
+
+    x, w, b = make_inputs(2, 32, 24, 6, 6, bias=False)
+    target = x if where == "input" else w
+    target.view(-1)[torch.randperm(target.numel())[:3]] = special
+    assert _algorithm(x, w) == "implicit_gemm"
+    out = sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu")
+    assert_matches_reference(out, x, w, b)
+    assert not torch.isfinite(out).all()
 
 
 WINOGRAD_OFF_CHECK = """

@@ -1,0 +1,39 @@
+// The implicit-GEMM kernel for wide layers on small images: the interface of its AVX2 version.
+//
+// The direct kernel vectorizes over 16 conv columns; on a 4x4 or 8x8 image most of those lanes
+// fall outside the image. This kernel vectorizes over output channels instead: one call computes
+// one pooled window for 16 output channels as a tiny GEMM, rows = the window's 4 conv positions,
+// K = 9 taps x C_in, in 8 registers (4 positions x 2 vectors of 8 channels), then max, bias,
+// ReLU. Only the pooled values are stored. The sums are direct sums (no transform), so NaN and
+// Inf behave as in the direct kernel, with no fallback.
+#pragma once
+
+#include <cstdint>
+
+namespace simplecnn::cpu {
+
+constexpr int kGemmCoBlock = 16;  // output channels per call: 2 AVX2 vectors
+
+struct WindowGemmArgs {
+  // Channels-last staged input ([row][column][channel], channel stride 1) at the window's
+  // top-left input pixel (row 2*py - 1, column 2*px - 1), zeros outside the image.
+  const float* in;
+  int64_t in_row_stride;  // floats between staged rows
+  int64_t in_col_stride;  // floats between staged columns (>= c_in)
+  int64_t c_in;              // input channels of this call (`in` and `weight` at the first)
+  const float* weight;       // this block's weights, [ky][kx][channel][kGemmCoBlock]
+  int64_t weight_tap_stride;  // floats between taps in `weight`
+  const float* bias;         // kGemmCoBlock values
+  float* out;                // kGemmCoBlock pooled values
+  // A call may cover only a block of the input channels: `partial` keeps the window's conv sums
+  // between calls, [4][kGemmCoBlock]. The first call starts from zero, calls but the last store
+  // to `partial`, the last one pools and stores `out`.
+  float* partial;
+  bool first;
+  bool last;
+};
+
+// One window, 16 output channels (see above).
+void window_gemm_avx2(const WindowGemmArgs& args);
+
+}  // namespace simplecnn::cpu

@@ -1,0 +1,86 @@
+// The implicit-GEMM kernel for AVX2+FMA (see implicit_gemm.h for what one call computes).
+//
+// Like chunk_avx2.cpp this file is compiled for AVX2 through a target pragma, with everything
+// after it in an anonymous namespace.
+#include "implicit_gemm.h"
+
+#if defined(__x86_64__)
+
+#include <immintrin.h>
+
+#include "avx2_helpers.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+namespace simplecnn::cpu {
+namespace {
+
+using avx2::max_keep_nan;
+using avx2::relu_keep_nan;
+
+// Per tap and input channel: 2 weight loads and 4 input broadcasts feed 8 FMAs, so the two FMA
+// units, not the loads, set the pace. The accumulators are named variables: held in an array
+// across the tap loop, GCC kept them on the stack and stored all 8 every iteration.
+void window_gemm(const WindowGemmArgs& a) {
+  static_assert(kGemmCoBlock == 16, "two vectors of output channels per position");
+  __m256 p0l = _mm256_setzero_ps(), p0h = p0l, p1l = p0l, p1h = p0l, p2l = p0l, p2h = p0l,
+         p3l = p0l, p3h = p0l;
+  if (!a.first) {
+    p0l = _mm256_loadu_ps(a.partial), p0h = _mm256_loadu_ps(a.partial + 8);
+    p1l = _mm256_loadu_ps(a.partial + 16), p1h = _mm256_loadu_ps(a.partial + 24);
+    p2l = _mm256_loadu_ps(a.partial + 32), p2h = _mm256_loadu_ps(a.partial + 40);
+    p3l = _mm256_loadu_ps(a.partial + 48), p3h = _mm256_loadu_ps(a.partial + 56);
+  }
+  for (int k = 0; k < 9; ++k) {
+    // The window's conv positions (y, x) in max-pool order read input (y + ky, x + kx).
+    const float* x0 = a.in + (k / 3) * a.in_row_stride + (k % 3) * a.in_col_stride;
+    const float* x1 = x0 + a.in_col_stride;
+    const float* x2 = x0 + a.in_row_stride;
+    const float* x3 = x2 + a.in_col_stride;
+    const float* w = a.weight + k * a.weight_tap_stride;
+    for (int64_t ci = 0; ci < a.c_in; ++ci) {
+      const __m256 wl = _mm256_loadu_ps(w + ci * kGemmCoBlock);
+      const __m256 wh = _mm256_loadu_ps(w + ci * kGemmCoBlock + 8);
+      __m256 x = _mm256_broadcast_ss(x0 + ci);
+      p0l = _mm256_fmadd_ps(x, wl, p0l);
+      p0h = _mm256_fmadd_ps(x, wh, p0h);
+      x = _mm256_broadcast_ss(x1 + ci);
+      p1l = _mm256_fmadd_ps(x, wl, p1l);
+      p1h = _mm256_fmadd_ps(x, wh, p1h);
+      x = _mm256_broadcast_ss(x2 + ci);
+      p2l = _mm256_fmadd_ps(x, wl, p2l);
+      p2h = _mm256_fmadd_ps(x, wh, p2h);
+      x = _mm256_broadcast_ss(x3 + ci);
+      p3l = _mm256_fmadd_ps(x, wl, p3l);
+      p3h = _mm256_fmadd_ps(x, wh, p3h);
+    }
+  }
+  if (!a.last) {
+    _mm256_storeu_ps(a.partial, p0l), _mm256_storeu_ps(a.partial + 8, p0h);
+    _mm256_storeu_ps(a.partial + 16, p1l), _mm256_storeu_ps(a.partial + 24, p1h);
+    _mm256_storeu_ps(a.partial + 32, p2l), _mm256_storeu_ps(a.partial + 40, p2h);
+    _mm256_storeu_ps(a.partial + 48, p3l), _mm256_storeu_ps(a.partial + 56, p3h);
+    return;
+  }
+  const __m256 low = max_keep_nan(max_keep_nan(p0l, p1l), max_keep_nan(p2l, p3l));
+  const __m256 high = max_keep_nan(max_keep_nan(p0h, p1h), max_keep_nan(p2h, p3h));
+  _mm256_storeu_ps(a.out, relu_keep_nan(_mm256_add_ps(low, _mm256_loadu_ps(a.bias))));
+  _mm256_storeu_ps(a.out + 8, relu_keep_nan(_mm256_add_ps(high, _mm256_loadu_ps(a.bias + 8))));
+}
+
+}  // namespace
+
+void window_gemm_avx2(const WindowGemmArgs& args) { window_gemm(args); }
+
+}  // namespace simplecnn::cpu
+
+#pragma GCC pop_options
+
+#else  // not x86-64: the driver never takes the implicit-GEMM path
+
+namespace simplecnn::cpu {
+void window_gemm_avx2(const WindowGemmArgs&) {}
+}  // namespace simplecnn::cpu
+
+#endif
