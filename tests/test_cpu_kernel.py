@@ -192,6 +192,20 @@ def test_implicit_gemm_matches_stock(shape, dtype, layout):
 
 
 @needs_avx2
+def test_implicit_gemm_on_a_tall_image_stages_blocks_of_rows():
+    # An infinite weight keeps this many windows off Winograd; the image is staged in 3 blocks
+    # of pooled rows.
+    from checks import assert_matches_reference, make_inputs
+
+    import simplecnn_kernels as sk
+
+    x, w, b = make_inputs(1, 256, 20, 200, 4, layout="strided")
+    w[7, 100, 2, 0] = float("inf")
+    assert _algorithm(x, w) == "implicit_gemm"
+    assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"), x, w, b)
+
+
+@needs_avx2
 @pytest.mark.parametrize("special", [float("nan"), float("inf"), -float("inf")], ids=str)
 @pytest.mark.parametrize("where", ["input", "weight"])
 def test_implicit_gemm_nan_and_inf_as_stock(special, where):

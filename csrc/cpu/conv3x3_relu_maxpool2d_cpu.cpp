@@ -276,13 +276,16 @@ class FusedForward {
     });
   }
 
-  // Work items are (image, range of 16-channel blocks): this path serves calls with few
-  // windows, so the output channels give the threads their work. An item stages its image
-  // whole, channels-last, then runs every window for each of its channel blocks (the block's
-  // weights, 147 KB at 256 input channels, stay in L2 across the windows).
+  // Work items are (image, block of pooled rows, range of 16-channel blocks): with few windows
+  // the output channels give the threads their work. An item stages its rows channels-last
+  // (whole images but for tall ones), then runs every window for each of its channel blocks.
   void run_implicit_gemm() {
+    constexpr int64_t kStagedBudget = 512 * 1024;  // bytes of staged input per item
     const int64_t blocks = ceil_div(C_out_, kGemmCoBlock), ci_p = C_in_, cols = wino_cols();
-    const int64_t splits = std::min(blocks, ceil_div(4 * at::get_num_threads(), N_));
+    const int64_t rows = std::clamp<int64_t>(
+        kStagedBudget / (2 * cols * ci_p * int64_t(sizeof(float))) - 1, 1, Ho_);
+    const int64_t row_blocks = ceil_div(Ho_, rows);
+    const int64_t splits = std::min(blocks, ceil_div(4 * at::get_num_threads(), N_ * row_blocks));
     const int64_t blocks_per_item = ceil_div(blocks, splits);
     std::vector<float> weights(blocks * kGemmCoBlock * 9 * C_in_), bias(blocks * kGemmCoBlock, 0.0f);
     for (int64_t co = 0; co < C_out_; ++co) bias[co] = static_cast<float>(bias_[co]);
@@ -305,17 +308,19 @@ class FusedForward {
       }
     });
 
-    at::parallel_for(0, N_ * splits, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> staged((2 * Ho_ + 2) * cols * ci_p), partial(Ho_ * Wo_ * 4 * kGemmCoBlock);
+    at::parallel_for(0, N_ * row_blocks * splits, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> staged((2 * rows + 2) * cols * ci_p), partial(rows * Wo_ * 4 * kGemmCoBlock);
       float pooled[kGemmCoBlock];
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t n = item / splits, b0 = (item % splits) * blocks_per_item;
-        stage_rows_channels_last<scalar_t>(input_, n, -1, 2 * Ho_ + 2, cols, ci_p, staged.data());
+        const int64_t n = item / (row_blocks * splits), py0 = (item / splits) % row_blocks * rows;
+        const int64_t b0 = (item % splits) * blocks_per_item, rb = std::min(rows, Ho_ - py0);
+        stage_rows_channels_last<scalar_t>(input_, n, 2 * py0 - 1, 2 * rb + 2, cols, ci_p,
+                                           staged.data());
         for (int64_t b = b0; b < std::min(blocks, b0 + blocks_per_item); ++b)
           for (int64_t c0 = 0; c0 < C_in_; c0 += kGemmCiBlock) {
             const int64_t cib = std::min(kGemmCiBlock, C_in_ - c0);
-            for (int64_t t = 0; t < Ho_ * Wo_; ++t) {
-              const int64_t py = t / Wo_, px = t % Wo_;
+            for (int64_t t = 0; t < rb * Wo_; ++t) {
+              const int64_t py = t / Wo_, px = t % Wo_;  // py within the block
               const WindowGemmArgs args{
                   staged.data() + (2 * py * cols + 2 * px) * ci_p + c0, cols * ci_p, ci_p, cib,
                   weights.data() + (b * 9 * C_in_ + c0) * kGemmCoBlock, C_in_ * kGemmCoBlock,
@@ -324,7 +329,7 @@ class FusedForward {
               window_gemm_avx2(args);
               if (!args.last) continue;
               const OutputTarget& o = target_;
-              scalar_t* dst = o.ptr + n * o.sN + py * o.sH + px * o.sW;
+              scalar_t* dst = o.ptr + n * o.sN + (py0 + py) * o.sH + px * o.sW;
               for (int64_t j = 0; j < std::min<int64_t>(kGemmCoBlock, C_out_ - b * kGemmCoBlock); ++j)
                 dst[(b * kGemmCoBlock + j) * o.sC] = static_cast<scalar_t>(pooled[j]);
             }
