@@ -178,20 +178,6 @@ IMPLICIT_GEMM_SHAPES = [
 
 
 @needs_avx2
-@pytest.mark.parametrize("shape", IMPLICIT_GEMM_SHAPES, ids=str)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-def test_implicit_gemm_matches_stock(shape, dtype, layout):
-    from checks import assert_matches_reference, make_inputs
-
-    import simplecnn_kernels as sk
-
-    x, w, b = make_inputs(*shape, dtype=dtype, layout=layout)
-    assert _algorithm(x, w) == "implicit_gemm"
-    assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"), x, w, b)
-
-
-@needs_avx2
 def test_implicit_gemm_on_a_tall_image_stages_blocks_of_rows():
     # An infinite weight keeps this many windows off Winograd; the image is staged in 3 blocks
     # of pooled rows.
@@ -248,16 +234,21 @@ WINOGRAD_SHAPES = [
 
 
 @needs_avx2
-@pytest.mark.parametrize("shape", WINOGRAD_SHAPES, ids=str)
+@pytest.mark.parametrize(
+    ("algorithm", "shape"),
+    [("winograd", s) for s in WINOGRAD_SHAPES]
+    + [("implicit_gemm", s) for s in IMPLICIT_GEMM_SHAPES],
+    ids=str,
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-def test_winograd_matches_stock(shape, dtype, layout):
+def test_wide_layer_algorithms_match_stock(algorithm, shape, dtype, layout):
     from checks import assert_matches_reference, make_inputs
 
     import simplecnn_kernels as sk
 
     x, w, b = make_inputs(*shape, dtype=dtype, layout=layout)
-    assert _algorithm(x, w) == "winograd"
+    assert _algorithm(x, w) == algorithm
     assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"), x, w, b)
 
 
