@@ -21,8 +21,7 @@ struct WindowGemmArgs {
   int64_t in_row_stride;  // floats between staged rows
   int64_t in_col_stride;  // floats between staged columns (>= c_in)
   int64_t c_in;              // input channels of this call (`in` and `weight` at the first)
-  const float* weight;       // this block's weights, [ky][kx][channel][kGemmCoBlock]
-  int64_t weight_tap_stride;  // floats between taps in `weight`
+  const float* weight;       // this block's weights, [channel][ky][kx][kGemmCoBlock]
   const float* bias;         // kGemmCoBlock values
   float* out;                // kGemmCoBlock pooled values
   // A call may cover only a block of the input channels: `partial` keeps the window's conv sums
@@ -35,5 +34,9 @@ struct WindowGemmArgs {
 
 // One window, 16 output channels (see above).
 void window_gemm_avx2(const WindowGemmArgs& args);
+
+// Packs one block of kGemmCoBlock output channels of a contiguous float32 weight (rows of
+// k = 9 * C_in values, `row_stride` apart) as [k][kGemmCoBlock]: a transpose, 8x8 at a time.
+void pack_gemm_block_avx2(const float* rows, int64_t row_stride, int64_t k, float* packed);
 
 }  // namespace simplecnn::cpu

@@ -38,10 +38,10 @@ void window_gemm(const WindowGemmArgs& a) {
     const float* x1 = x0 + a.in_col_stride;
     const float* x2 = x0 + a.in_row_stride;
     const float* x3 = x2 + a.in_col_stride;
-    const float* w = a.weight + k * a.weight_tap_stride;
+    const float* w = a.weight + k * kGemmCoBlock;
     for (int64_t ci = 0; ci < a.c_in; ++ci) {
-      const __m256 wl = _mm256_loadu_ps(w + ci * kGemmCoBlock);
-      const __m256 wh = _mm256_loadu_ps(w + ci * kGemmCoBlock + 8);
+      const __m256 wl = _mm256_loadu_ps(w + ci * 9 * kGemmCoBlock);
+      const __m256 wh = _mm256_loadu_ps(w + ci * 9 * kGemmCoBlock + 8);
       __m256 x = _mm256_broadcast_ss(x0 + ci);
       p0l = _mm256_fmadd_ps(x, wl, p0l);
       p0h = _mm256_fmadd_ps(x, wh, p0h);
@@ -69,9 +69,39 @@ void window_gemm(const WindowGemmArgs& a) {
   _mm256_storeu_ps(a.out + 8, relu_keep_nan(_mm256_add_ps(high, _mm256_loadu_ps(a.bias + 8))));
 }
 
+// dst[c][r] = src[r][c] for an 8x8 tile: rows of src `src_stride` apart, of dst `dst_stride`.
+void transpose8x8(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
+  for (int i = 0; i < 8; i += 2) {  // interleave row pairs
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {  // then pairs of pairs
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {  // then the 128-bit halves
+    _mm256_storeu_ps(dst + i * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+
 }  // namespace
 
 void window_gemm_avx2(const WindowGemmArgs& args) { window_gemm(args); }
+
+void pack_gemm_block_avx2(const float* rows, int64_t row_stride, int64_t k, float* packed) {
+  int64_t c = 0;
+  for (; c + 8 <= k; c += 8)
+    for (int j = 0; j < kGemmCoBlock; j += 8)
+      transpose8x8(rows + j * row_stride + c, row_stride, packed + c * kGemmCoBlock + j,
+                   kGemmCoBlock);
+  for (; c < k; ++c)
+    for (int j = 0; j < kGemmCoBlock; ++j) packed[c * kGemmCoBlock + j] = rows[j * row_stride + c];
+}
 
 }  // namespace simplecnn::cpu
 
@@ -81,6 +111,7 @@ void window_gemm_avx2(const WindowGemmArgs& args) { window_gemm(args); }
 
 namespace simplecnn::cpu {
 void window_gemm_avx2(const WindowGemmArgs&) {}
+void pack_gemm_block_avx2(const float*, int64_t, int64_t, float*) {}
 }  // namespace simplecnn::cpu
 
 #endif
