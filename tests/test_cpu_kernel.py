@@ -159,10 +159,11 @@ def test_algorithm_choice():
     assert _algorithm(*make_inputs(1, 15, 64, 4, 4)[:2]) == "direct"  # narrow layer
     x, w, _ = make_inputs(2, 64, 64, 16, 16, dtype=torch.float64)
     assert _algorithm(x, w) == "direct"  # float64 keeps the direct sums
-    x, w, _ = wide
-    w = w.clone()
-    w[3, 5, 1, 1] = float("inf")
-    assert _algorithm(x, w) == "direct"  # the weight transform would turn inf into NaN
+    for dtype, layout in [(torch.float32, "contiguous"), (torch.float32, "strided"),
+                          (torch.bfloat16, "contiguous")]:  # fmt: skip
+        x, w, _ = make_inputs(1, 64, 64, 16, 16, dtype=dtype, layout=layout)
+        w[3, 5, 1, 1] = float("inf")
+        assert _algorithm(x, w) == "direct", (dtype, layout)  # the transform: inf - inf = NaN
     x, w, _ = make_inputs(16, 64, 64, 8, 8)
     assert _algorithm(x, w) == "winograd"
     w[3, 5, 1, 1] = float("inf")

@@ -12,10 +12,11 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/all.h>
+#include <ATen/ops/isfinite.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -78,18 +79,19 @@ constexpr int64_t kGemmMaxConvCols = 8;  // image columns (2 * pooled width) for
 constexpr int64_t kGemmCiBlock = 48;
 constexpr int64_t kWinogradMinWindows = 64;
 
-template <typename scalar_t>
-bool all_finite(const at::Tensor& weight) {
-  const scalar_t* w = weight.const_data_ptr<scalar_t>();
-  const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2),
-                s3 = weight.stride(3);
-  bool finite = true;
-  for (int64_t co = 0; co < weight.size(0); ++co)
-    for (int64_t ci = 0; ci < weight.size(1); ++ci)
-      for (int64_t k = 0; k < 9; ++k)
-        finite &= std::isfinite(
-            static_cast<float>(w[co * s0 + ci * s1 + (k / 3) * s2 + (k % 3) * s3]));
-  return finite;
+// Whether the weights are all finite; for contiguous float32 weights (the common case) one pass
+// over their bits, which GCC vectorizes, rather than ATen's isfinite + all (two passes).
+bool weights_finite(const at::Tensor& weight) {
+  if (weight.scalar_type() != at::kFloat || !weight.is_contiguous())
+    return at::isfinite(weight).all().item<bool>();
+  const float* w = weight.const_data_ptr<float>();
+  uint32_t non_finite = 0;
+  for (int64_t i = 0; i < weight.numel(); ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, w + i, sizeof(bits));
+    non_finite |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);  // Inf, NaN
+  }
+  return non_finite == 0;
 }
 
 // SIMPLECNN_CPU_WINOGRAD=0 (read once) keeps every layer on the direct sums: Winograd's error
@@ -111,7 +113,7 @@ Algorithm choose_algorithm(const at::Tensor& input, const at::Tensor& weight) {
       return Algorithm::kDirect;
     const int64_t pooled_w = input.size(3) / 2;
     if (input.size(0) * (input.size(2) / 2) * pooled_w >= kWinogradMinWindows &&
-        winograd_allowed() && all_finite<scalar_t>(weight))
+        winograd_allowed() && weights_finite(weight))
       return Algorithm::kWinograd;
     return 2 * pooled_w <= kGemmMaxConvCols ? Algorithm::kImplicitGemm : Algorithm::kDirect;
   }
@@ -253,7 +255,7 @@ class FusedForward {
           stage_rows_channels_last<scalar_t>(input_, n0 + i, 2 * py0 - 1, 2 * rb + 2, cols, ci_p,
                                              staged.data() + i * image_stride);
         const WinogradTilesArgs args{staged.data(), image_stride, cols * ci_p, ci_p, nb, rb,
-                                     Wo_, co_p, u_.data(), wino_bias_.data(), v.data(),
+                                     Wo_, co_p, u_.get(), wino_bias_.data(), v.data(),
                                      m.data(), pooled.data()};
         if (winograd_tiles_avx2(args)) {
           const OutputTarget& o = target_;
@@ -277,6 +279,29 @@ class FusedForward {
     });
   }
 
+  // Output channels [16 b, 16 b + 16) of the weights as [ci][ky][kx][16] floats, zeros past
+  // C_out: the implicit GEMM's layout, and the Winograd transform's input.
+  void pack_gemm_block(const at::Tensor& weight, int64_t b, float* dst) const {
+    static_assert(kGemmCoBlock == kWinogradCoBlock);
+    const int64_t cob = std::min<int64_t>(kGemmCoBlock, C_out_ - b * kGemmCoBlock);
+    const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2),
+                  s3 = weight.stride(3);
+    const scalar_t* src = weight.const_data_ptr<scalar_t>() + b * kGemmCoBlock * s0;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (cob == kGemmCoBlock && weight.is_contiguous()) {  // rows of (ci, ky, kx)
+        pack_gemm_block_avx2(src, s0, 9 * C_in_, dst);
+        return;
+      }
+    }
+    for (int64_t ci = 0; ci < C_in_; ++ci)  // the destination in order, 16 rows side by side
+      for (int64_t k = 0; k < 9; ++k) {
+        float* line = dst + (ci * 9 + k) * kGemmCoBlock;
+        const scalar_t* column = src + ci * s1 + (k / 3) * s2 + (k % 3) * s3;
+        for (int64_t j = 0; j < cob; ++j) line[j] = static_cast<float>(column[j * s0]);
+        std::fill(line + cob, line + kGemmCoBlock, 0.0f);
+      }
+  }
+
   // Work items are (image, block of pooled rows, range of 16-channel blocks): with few windows
   // the output channels give the threads their work. An item stages its rows channels-last
   // (whole images but for tall ones), then runs every window for each of its channel blocks.
@@ -292,29 +317,9 @@ class FusedForward {
     const std::unique_ptr<float[]> weights(new float[blocks * kGemmCoBlock * 9 * C_in_]);
     std::vector<float> bias(blocks * kGemmCoBlock, 0.0f);
     for (int64_t co = 0; co < C_out_; ++co) bias[co] = static_cast<float>(bias_[co]);
-    const scalar_t* w = weight_.const_data_ptr<scalar_t>();
-    const int64_t s0 = weight_.stride(0), s1 = weight_.stride(1), s2 = weight_.stride(2),
-                  s3 = weight_.stride(3);
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {  // [block][ci][ky][kx][16], zeros past C_out
-        float* dst = weights.get() + b * 9 * C_in_ * kGemmCoBlock;
-        const int64_t cob = std::min<int64_t>(kGemmCoBlock, C_out_ - b * kGemmCoBlock);
-        const scalar_t* src = w + b * kGemmCoBlock * s0;
-        if constexpr (std::is_same_v<scalar_t, float>) {
-          if (cob == kGemmCoBlock && weight_.is_contiguous()) {  // rows of (ci, ky, kx)
-            pack_gemm_block_avx2(src, s0, 9 * C_in_, dst);
-            continue;
-          }
-        }
-        // The destination in order, 16 source rows read side by side.
-        for (int64_t ci = 0; ci < C_in_; ++ci)
-          for (int64_t k = 0; k < 9; ++k) {
-            float* line = dst + (ci * 9 + k) * kGemmCoBlock;
-            const scalar_t* column = src + ci * s1 + (k / 3) * s2 + (k % 3) * s3;
-            for (int64_t j = 0; j < cob; ++j) line[j] = static_cast<float>(column[j * s0]);
-            std::fill(line + cob, line + kGemmCoBlock, 0.0f);
-          }
-      }
+      for (int64_t b = begin; b < end; ++b)
+        pack_gemm_block(weight_, b, weights.get() + b * 9 * C_in_ * kGemmCoBlock);
     });
 
     at::parallel_for(0, N_ * row_blocks * splits, 1, [&](int64_t begin, int64_t end) {
@@ -353,49 +358,31 @@ class FusedForward {
     return packed_;
   }
 
-  // U = G g G^T per (co, ci), G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], computed in double,
-  // stored as [16][co_padded / 16][ci_padded][16] with zeros in the padding. Filled block by
-  // block of 16 output channels, in parallel: at 256 channels it is 4 MB per call.
+  // U = G g G^T per (co, ci) (transform_weights_avx2), stored as
+  // [16][co_padded / 16][ci_padded][16] with zeros in the padding. Filled block by block of 16
+  // output channels, in parallel: at 256 -> 512 channels it is 8.4 MB per call.
   void transform_weights(const at::Tensor& weight) {
     const int64_t ci_p = wino_ci(), co_p = wino_co(), blocks = co_p / kWinogradCoBlock;
-    u_.resize(16 * co_p * ci_p);  // every line is written below, padding included
+    u_.reset(new float[16 * co_p * ci_p]);  // every line is written below, padding included
     wino_bias_.assign(co_p, 0.0f);
     for (int64_t co = 0; co < C_out_; ++co) wino_bias_[co] = static_cast<float>(bias_[co]);
-    const scalar_t* w = weight.const_data_ptr<scalar_t>();
-    const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2),
-                  s3 = weight.stride(3);
     const int64_t plane = blocks * ci_p * kWinogradCoBlock;  // floats per tile position
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      // The 16 positions of one (co, ci) lie a plane apart, all in one L1 set: gather a block
-      // of 16 output channels in `lines` first, then write each position's whole cache line.
+      // The block's weights as [ci_padded][tap][16] floats (pack_gemm_block), then per input
+      // channel: the 16 positions of one (co, ci) lie a plane apart, all in one L1 set, so
+      // transform 16 output channels into `lines` first and write each position's whole line.
+      std::vector<float> g(ci_p * 9 * kWinogradCoBlock);
       float lines[16][kWinogradCoBlock];
-      for (int64_t b = begin; b < end; ++b)
+      for (int64_t b = begin; b < end; ++b) {
+        pack_gemm_block(weight, b, g.data());
+        std::fill(g.begin() + C_in_ * 9 * kWinogradCoBlock, g.end(), 0.0f);  // padding: 0
         for (int64_t ci = 0; ci < ci_p; ++ci) {
-          std::fill(&lines[0][0], &lines[0][0] + 16 * kWinogradCoBlock, 0.0f);  // padding: 0
-          for (int64_t j = 0; ci < C_in_ && j < kWinogradCoBlock && b * kWinogradCoBlock + j < C_out_;
-               ++j) {
-            const int64_t co = b * kWinogradCoBlock + j;
-            double g[3][3], gg[4][3];
-            for (int y = 0; y < 3; ++y)
-              for (int x = 0; x < 3; ++x)
-                g[y][x] = static_cast<double>(w[co * s0 + ci * s1 + y * s2 + x * s3]);
-            for (int x = 0; x < 3; ++x) {  // G g
-              gg[0][x] = g[0][x];
-              gg[1][x] = 0.5 * (g[0][x] + g[1][x] + g[2][x]);
-              gg[2][x] = 0.5 * (g[0][x] - g[1][x] + g[2][x]);
-              gg[3][x] = g[2][x];
-            }
-            for (int y = 0; y < 4; ++y) {  // (G g) G^T
-              lines[y * 4 + 0][j] = static_cast<float>(gg[y][0]);
-              lines[y * 4 + 1][j] = static_cast<float>(0.5 * (gg[y][0] + gg[y][1] + gg[y][2]));
-              lines[y * 4 + 2][j] = static_cast<float>(0.5 * (gg[y][0] - gg[y][1] + gg[y][2]));
-              lines[y * 4 + 3][j] = static_cast<float>(gg[y][2]);
-            }
-          }
-          float* dst = u_.data() + (b * ci_p + ci) * kWinogradCoBlock;
+          transform_weights_avx2(g.data() + ci * 9 * kWinogradCoBlock, lines);
+          float* dst = u_.get() + (b * ci_p + ci) * kWinogradCoBlock;
           for (int p = 0; p < 16; ++p)
             std::copy(lines[p], lines[p] + kWinogradCoBlock, dst + p * plane);
         }
+      }
     });
   }
 
@@ -412,7 +399,8 @@ class FusedForward {
   Algorithm algorithm_ = Algorithm::kDirect;
   std::once_flag packed_once_;
   std::vector<acc_t> packed_;         // direct kernel
-  std::vector<float> u_, wino_bias_;  // Winograd kernel
+  std::unique_ptr<float[]> u_;  // Winograd kernel
+  std::vector<float> wino_bias_;
 };
 
 std::string cpu_kernel_name() { return use_avx2() ? "avx2" : "generic"; }

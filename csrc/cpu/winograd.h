@@ -47,4 +47,9 @@ struct WinogradTilesArgs {
 // Computes the tiles; false when it met a non-finite value (nothing usable in `pooled`).
 bool winograd_tiles_avx2(const WinogradTilesArgs& args);
 
+// The weight transform U = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], in double, of
+// one input channel for kWinogradCoBlock output channels at once: g[tap][channel] in,
+// u[tile position][channel] out (rounded to float once).
+void transform_weights_avx2(const float* g, float (&u)[16][kWinogradCoBlock]);
+
 }  // namespace simplecnn::cpu

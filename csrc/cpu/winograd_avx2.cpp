@@ -148,6 +148,28 @@ bool output_transform(const WinogradTilesArgs& a) {
 
 }  // namespace
 
+void transform_weights_avx2(const float* g, float (&u)[16][kWinogradCoBlock]) {
+  // Plain loops over the channels, which GCC vectorizes (4 doubles per AVX2 register); the
+  // operations are those of the scalar formula, so U is the same to the bit.
+  double gd[9][kWinogradCoBlock], gg[4][3][kWinogradCoBlock];  // g, G g
+  for (int k = 0; k < 9; ++k)
+    for (int j = 0; j < kWinogradCoBlock; ++j) gd[k][j] = g[k * kWinogradCoBlock + j];
+  for (int x = 0; x < 3; ++x)
+    for (int j = 0; j < kWinogradCoBlock; ++j) {
+      gg[0][x][j] = gd[x][j];
+      gg[1][x][j] = 0.5 * (gd[x][j] + gd[3 + x][j] + gd[6 + x][j]);
+      gg[2][x][j] = 0.5 * (gd[x][j] - gd[3 + x][j] + gd[6 + x][j]);
+      gg[3][x][j] = gd[6 + x][j];
+    }
+  for (int y = 0; y < 4; ++y)  // (G g) G^T
+    for (int j = 0; j < kWinogradCoBlock; ++j) {
+      u[y * 4 + 0][j] = static_cast<float>(gg[y][0][j]);
+      u[y * 4 + 1][j] = static_cast<float>(0.5 * (gg[y][0][j] + gg[y][1][j] + gg[y][2][j]));
+      u[y * 4 + 2][j] = static_cast<float>(0.5 * (gg[y][0][j] - gg[y][1][j] + gg[y][2][j]));
+      u[y * 4 + 3][j] = static_cast<float>(gg[y][2][j]);
+    }
+}
+
 bool winograd_tiles_avx2(const WinogradTilesArgs& args) {
   if (!input_transform(args)) return false;
   multiply(args);
@@ -162,6 +184,7 @@ bool winograd_tiles_avx2(const WinogradTilesArgs& args) {
 
 namespace simplecnn::cpu {
 bool winograd_tiles_avx2(const WinogradTilesArgs&) { return false; }
+void transform_weights_avx2(const float*, float (&)[16][kWinogradCoBlock]) {}
 }  // namespace simplecnn::cpu
 
 #endif
