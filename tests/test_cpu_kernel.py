@@ -194,15 +194,17 @@ def test_implicit_gemm_on_a_tall_image_stages_blocks_of_rows():
 
 @needs_avx2
 @pytest.mark.parametrize("special", [float("nan"), float("inf"), -float("inf")], ids=str)
-@pytest.mark.parametrize("where", ["input", "weight"])
+@pytest.mark.parametrize("where", ["input", "weight", "input and bias"])
 def test_implicit_gemm_nan_and_inf_as_stock(special, where):
     from checks import assert_matches_reference, make_inputs
 
     import simplecnn_kernels as sk
 
-    x, w, b = make_inputs(2, 32, 24, 6, 6, bias=False)
-    target = x if where == "input" else w
+    x, w, b = make_inputs(2, 32, 24, 6, 6, bias=where == "input and bias")
+    target = w if where == "weight" else x
     target.view(-1)[torch.randperm(target.numel())[:3]] = special
+    if b is not None:  # stock: conv value + bias per position, so -inf + inf = NaN there
+        b[::2] = -special
     assert _algorithm(x, w) == "implicit_gemm"
     out = sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu")
     assert_matches_reference(out, x, w, b)

@@ -3,8 +3,8 @@
 // The direct kernel vectorizes over 16 conv columns; on a 4x4 or 8x8 image most of those lanes
 // fall outside the image. This kernel vectorizes over output channels instead: one call computes
 // one pooled window for 16 output channels as a tiny GEMM, rows = the window's 4 conv positions,
-// K = 9 taps x C_in, in 8 registers (4 positions x 2 vectors of 8 channels), then max, bias,
-// ReLU. Only the pooled values are stored. The sums are direct sums (no transform), so NaN and
+// K = 9 taps x C_in, in 8 registers (4 positions x 2 vectors of 8 channels) that start from the
+// bias, then max and ReLU. Only the pooled values are stored. The sums are direct sums (no transform), so NaN and
 // Inf behave as in the direct kernel, with no fallback.
 #pragma once
 
@@ -22,7 +22,7 @@ struct WindowGemmArgs {
   int64_t in_col_stride;  // floats between staged columns (>= c_in)
   int64_t c_in;              // input channels of this call (`in` and `weight` at the first)
   const float* weight;       // this block's weights, [channel][ky][kx][kGemmCoBlock]
-  const float* bias;         // kGemmCoBlock values
+  const float* bias;         // kGemmCoBlock values (read by the first call)
   float* out;                // kGemmCoBlock pooled values
   // A call may cover only a block of the input channels: `partial` keeps the window's conv sums
   // between calls, [4][kGemmCoBlock]. The first call starts from zero, calls but the last store

@@ -24,8 +24,10 @@ using avx2::relu_keep_nan;
 // across the tap loop, GCC kept them on the stack and stored all 8 every iteration.
 void window_gemm(const WindowGemmArgs& a) {
   static_assert(kGemmCoBlock == 16, "two vectors of output channels per position");
-  __m256 p0l = _mm256_setzero_ps(), p0h = p0l, p1l = p0l, p1h = p0l, p2l = p0l, p2h = p0l,
-         p3l = p0l, p3h = p0l;
+  // Starting from the bias, as stock adds it to every conv value: an infinite bias then gives
+  // stock's NaN where a conv value is the opposite infinity.
+  __m256 p0l = _mm256_loadu_ps(a.bias), p0h = _mm256_loadu_ps(a.bias + 8), p1l = p0l,
+         p1h = p0h, p2l = p0l, p2h = p0h, p3l = p0l, p3h = p0h;
   if (!a.first) {
     p0l = _mm256_loadu_ps(a.partial), p0h = _mm256_loadu_ps(a.partial + 8);
     p1l = _mm256_loadu_ps(a.partial + 16), p1h = _mm256_loadu_ps(a.partial + 24);
@@ -65,8 +67,8 @@ void window_gemm(const WindowGemmArgs& a) {
   }
   const __m256 low = max_keep_nan(max_keep_nan(p0l, p1l), max_keep_nan(p2l, p3l));
   const __m256 high = max_keep_nan(max_keep_nan(p0h, p1h), max_keep_nan(p2h, p3h));
-  _mm256_storeu_ps(a.out, relu_keep_nan(_mm256_add_ps(low, _mm256_loadu_ps(a.bias))));
-  _mm256_storeu_ps(a.out + 8, relu_keep_nan(_mm256_add_ps(high, _mm256_loadu_ps(a.bias + 8))));
+  _mm256_storeu_ps(a.out, relu_keep_nan(low));
+  _mm256_storeu_ps(a.out + 8, relu_keep_nan(high));
 }
 
 // dst[c][r] = src[r][c] for an 8x8 tile: rows of src `src_stride` apart, of dst `dst_stride`.
