@@ -54,6 +54,16 @@ def _stored_value(v, dtype: tl.constexpr):
 
 
 @triton.jit
+def _stored_conv_value(acc, bias, dtype: tl.constexpr, ROUND_BEFORE_BIAS: tl.constexpr):
+    """The conv value + bias that stock stores and routes by: `acc` the conv value with the
+    bias in it, or, with ROUND_BEFORE_BIAS, without it (see _conv_rounds_before_bias)."""
+    if ROUND_BEFORE_BIAS:
+        return _stored_value(_stored_value(acc, dtype) + bias, dtype)
+    else:
+        return _stored_value(acc, dtype)
+
+
+@triton.jit
 def _program_tile(
     C_out, Ho, Wo, b_ptr, sb,
     HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr,
@@ -67,11 +77,16 @@ def _program_tile(
     p = (pid % p_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     co_ok = co < C_out
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + co.to(tl.int64) * sb, mask=co_ok, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_CO], dtype=tl.float32)
+    bias = _load_bias(b_ptr, sb, co, co_ok, HAS_BIAS, BLOCK_CO)
     return n, p // Wo, p % Wo, p < Ho * Wo, co, co_ok, bias
+
+
+@triton.jit
+def _load_bias(b_ptr, sb, co, co_ok, HAS_BIAS: tl.constexpr, BLOCK_CO: tl.constexpr):
+    if HAS_BIAS:
+        return tl.load(b_ptr + co.to(tl.int64) * sb, mask=co_ok, other=0.0).to(tl.float32)
+    else:
+        return tl.zeros([BLOCK_CO], dtype=tl.float32)
 
 
 @triton.jit
@@ -115,6 +130,7 @@ def _dot_kernel(
     N_BUCKET,  # autotune key only: next power of two of the batch
     HAS_BIAS: tl.constexpr,
     CONV_GRAD: tl.constexpr,  # False: store the pooled output; True: see _store_result
+    ROUND_BEFORE_BIAS: tl.constexpr,  # CONV_GRAD: see _conv_rounds_before_bias
     BLOCK_P: tl.constexpr,
     BLOCK_CO: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -133,7 +149,10 @@ def _dot_kernel(
     for pos in tl.static_range(4):  # window position (a, b) = (pos // 2, pos % 2)
         iy0 = (2 * py - 1 + pos // 2)[:, None]  # input row of tap ky = 0
         ix0 = (2 * px - 1 + pos % 2)[:, None]
-        acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32) + bias[None, :]
+        if CONV_GRAD and ROUND_BEFORE_BIAS:
+            acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
+        else:
+            acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32) + bias[None, :]
         for k0 in range(0, K, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             k_ok = k < K
@@ -154,7 +173,9 @@ def _dot_kernel(
                 x = x.to(tl.float32)
             acc = tl.dot(x, w.to(x.dtype), acc, input_precision="tf32")
         if CONV_GRAD:  # route by the values stock stores: rounded to the tensors' dtype
-            acc = _stored_value(acc, out_ptr.dtype.element_ty)
+            acc = _stored_conv_value(
+                acc, bias[None, :], out_ptr.dtype.element_ty, ROUND_BEFORE_BIAS
+            )
         # The stock max-pool's running max: take a greater value or a NaN (NaN propagates,
         # ties keep the first, the last NaN wins).
         take = (acc > best) | (acc != acc)
@@ -179,6 +200,7 @@ def _fma_kernel(
     N_BUCKET,  # autotune key only: next power of two of the batch
     HAS_BIAS: tl.constexpr,
     CONV_GRAD: tl.constexpr,  # False: store the pooled output; True: see _store_result
+    ROUND_BEFORE_BIAS: tl.constexpr,  # CONV_GRAD: see _conv_rounds_before_bias
     BLOCK_P: tl.constexpr,
     BLOCK_CO: tl.constexpr,
 ):  # fmt: skip
@@ -186,7 +208,10 @@ def _fma_kernel(
         C_out, Ho, Wo, b_ptr, sb, HAS_BIAS, BLOCK_P, BLOCK_CO
     )
     # acc_ab: conv value (2*py + a, 2*px + b) of each window; pixels on the fast axis.
-    acc00 = tl.zeros([BLOCK_CO, BLOCK_P], dtype=tl.float32) + bias[:, None]
+    if CONV_GRAD and ROUND_BEFORE_BIAS:
+        acc00 = tl.zeros([BLOCK_CO, BLOCK_P], dtype=tl.float32)
+    else:
+        acc00 = tl.zeros([BLOCK_CO, BLOCK_P], dtype=tl.float32) + bias[:, None]
     acc01 = acc00
     acc10 = acc00
     acc11 = acc00
@@ -221,10 +246,13 @@ def _fma_kernel(
         w_c += swi
 
     if CONV_GRAD:  # route by the values stock stores: rounded to the tensors' dtype
-        acc00 = _stored_value(acc00, out_ptr.dtype.element_ty)
-        acc01 = _stored_value(acc01, out_ptr.dtype.element_ty)
-        acc10 = _stored_value(acc10, out_ptr.dtype.element_ty)
-        acc11 = _stored_value(acc11, out_ptr.dtype.element_ty)
+        if ROUND_BEFORE_BIAS:  # loaded again: live through the loop, ptxas spilled (float16)
+            bias = _load_bias(b_ptr, sb, co, co_ok, HAS_BIAS, BLOCK_CO)
+        dtype = out_ptr.dtype.element_ty
+        acc00 = _stored_conv_value(acc00, bias[:, None], dtype, ROUND_BEFORE_BIAS)
+        acc01 = _stored_conv_value(acc01, bias[:, None], dtype, ROUND_BEFORE_BIAS)
+        acc10 = _stored_conv_value(acc10, bias[:, None], dtype, ROUND_BEFORE_BIAS)
+        acc11 = _stored_conv_value(acc11, bias[:, None], dtype, ROUND_BEFORE_BIAS)
     # The stock max-pool's running max over the window (see _dot_kernel).
     best = acc00
     best_pos = tl.zeros([BLOCK_CO, BLOCK_P], dtype=tl.int32)
@@ -365,6 +393,14 @@ def conv_grad(
     return _launch(input, weight, bias, out, grad_output, kernel)
 
 
+def _conv_rounds_before_bias(device: torch.device) -> bool:
+    """Whether the stock conv on this device rounds its output to the dtype before adding the
+    bias: on CUDA cuDNN convolves and `output.add_(bias)` follows (two roundings in float16 and
+    bfloat16); on the CPU oneDNN adds the bias inside (one). The conv gradient routes by the
+    values stock stores, so it rounds as stock does."""
+    return device.type == "cuda"
+
+
 def _launch(input, weight, bias, out, grad_output, kernel):
     n, c_in, h, w = input.shape
     c_out, ho, wo = weight.shape[0], h // 2, w // 2
@@ -399,6 +435,7 @@ def _launch(input, weight, bias, out, grad_output, kernel):
             triton.next_power_of_2(n),
             HAS_BIAS=bias is not None,
             CONV_GRAD=grad_output is not None,
+            ROUND_BEFORE_BIAS=grad_output is not None and _conv_rounds_before_bias(input.device),
             **meta,
         )  # fmt: skip
     return out

@@ -82,11 +82,22 @@ def test_conv_grad_kernel(kernel, shape, layout):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_conv_grad_kernel_routes_by_the_stored_values(kernel, dtype):
-    # Stock picks each window's max among conv values rounded to the dtype (two values that
-    # differ in float32 may tie there); the kernel routes by the same rounded values.
+@pytest.mark.parametrize("round_before_bias", [False, True], ids=["oneDNN", "cuDNN"])
+def test_conv_grad_kernel_routes_by_the_stored_values(
+    kernel, dtype, round_before_bias, monkeypatch
+):
+    # Stock picks each window's max among conv values as stored in the dtype (two values that
+    # differ in float32 may tie there): conv + bias rounded once (oneDNN on the CPU), or the
+    # conv rounded and then the bias added (cuDNN). The kernel routes by the same values.
+    if DEVICE == "cuda" and not round_before_bias:
+        pytest.skip("on CUDA the stock conv is cuDNN's")
+    monkeypatch.setattr(tk, "_conv_rounds_before_bias", lambda device: round_before_bias)
     x, w, b = make_inputs(2, 3, 18, 16, 16, dtype=dtype, device=DEVICE)
-    conv = torch.nn.functional.conv2d(x, w, b, padding=1).requires_grad_()
+    if round_before_bias:
+        conv = torch.nn.functional.conv2d(x, w, None, padding=1) + b[:, None, None]
+    else:
+        conv = torch.nn.functional.conv2d(x, w, b, padding=1)
+    conv.requires_grad_()
     pooled = torch.nn.functional.max_pool2d(torch.relu(conv), 2, 2)
     grad_out = torch.randn_like(pooled)
     pooled.backward(grad_out)

@@ -31,7 +31,12 @@ def compile_config(
     """Compiles `kernel` ("fma" or "dot", forward or conv_grad mode) with `config` for sm_90;
     returns registers, stack (spill) and local bytes per thread, and shared memory per program."""
     fn = tk._fma_kernel if kernel == "fma" else tk._dot_kernel
-    constexprs = {"HAS_BIAS": True, "CONV_GRAD": conv_grad, **config.kwargs}
+    constexprs = {
+        "HAS_BIAS": True,
+        "CONV_GRAD": conv_grad,
+        "ROUND_BEFORE_BIAS": conv_grad,  # as on CUDA
+        **config.kwargs,
+    }
     if kernel == "dot":
         constexprs["UPCAST"] = False
     signature = {}
