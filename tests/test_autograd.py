@@ -131,10 +131,13 @@ def test_nan_and_inf_route_the_gradient_as_stock(device, backend, c_in):
     ],
     ids=str,
 )
-def test_infinities_at_the_edges_give_the_stock_nan_pattern(device, backend, shape, where):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_infinities_at_the_edges_give_the_stock_nan_pattern(device, backend, shape, where, dtype):
     # An infinity times a zero gradient is NaN: which gradients are NaN depends on exactly
     # which products are formed, also at the image's edges and the rows the pool drops.
-    x, w, b = make_inputs(*shape, device=device, dtype=torch.float32)
+    if backend not in backends_for(device, dtype):
+        pytest.skip(f"{backend} does not run {dtype}")
+    x, w, b = make_inputs(*shape, device=device, dtype=dtype)
     b = b.abs() + 5  # ReLU passes every window, so every conv value gets a gradient
     tensor, pos = where.split(" ", 1)
     y, col = (int(v) for v in pos.strip("()").split(","))
@@ -144,7 +147,7 @@ def test_infinities_at_the_edges_give_the_stock_nan_pattern(device, backend, sha
         x[0, 0, y, col] = math.inf
     grad_out = torch.randn_like(stock(x, w, b))
     ours = _fused_grads(x, w, b, grad_out, backend)
-    _assert_grads_close(ours, _stock_grads(x, w, b, grad_out), torch.float32)
+    _assert_grads_close(ours, _stock_grads(x, w, b, grad_out), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

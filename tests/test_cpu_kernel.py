@@ -160,7 +160,7 @@ def test_algorithm_choice():
     x, w, _ = make_inputs(2, 64, 64, 16, 16, dtype=torch.float64)
     assert _algorithm(x, w) == "direct"  # float64 keeps the direct sums
     for dtype, layout in [(torch.float32, "contiguous"), (torch.float32, "strided"),
-                          (torch.bfloat16, "contiguous")]:  # fmt: skip
+                          (torch.bfloat16, "contiguous"), (torch.float16, "strided")]:  # fmt: skip
         x, w, _ = make_inputs(1, 64, 64, 16, 16, dtype=dtype, layout=layout)
         w[3, 5, 1, 1] = float("inf")
         assert _algorithm(x, w) == "direct", (dtype, layout)  # the transform: inf - inf = NaN

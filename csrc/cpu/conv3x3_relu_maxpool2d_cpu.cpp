@@ -12,13 +12,10 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/all.h>
-#include <ATen/ops/isfinite.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -79,21 +76,6 @@ constexpr int64_t kGemmMaxConvCols = 8;  // image columns (2 * pooled width) for
 constexpr int64_t kGemmCiBlock = 48;
 constexpr int64_t kWinogradMinWindows = 64;
 
-// Whether the weights are all finite; for contiguous float32 weights (the common case) one pass
-// over their bits, which GCC vectorizes, rather than ATen's isfinite + all (two passes).
-bool weights_finite(const at::Tensor& weight) {
-  if (weight.scalar_type() != at::kFloat || !weight.is_contiguous())
-    return at::isfinite(weight).all().item<bool>();
-  const float* w = weight.const_data_ptr<float>();
-  uint32_t non_finite = 0;
-  for (int64_t i = 0; i < weight.numel(); ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, w + i, sizeof(bits));
-    non_finite |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);  // Inf, NaN
-  }
-  return non_finite == 0;
-}
-
 // SIMPLECNN_CPU_WINOGRAD=0 (read once) keeps every layer on the direct sums: Winograd's error
 // bound is a few times the direct one (winograd.h), which a user may not want to trade.
 bool winograd_allowed() {
@@ -113,7 +95,7 @@ Algorithm choose_algorithm(const at::Tensor& input, const at::Tensor& weight) {
       return Algorithm::kDirect;
     const int64_t pooled_w = input.size(3) / 2;
     if (input.size(0) * (input.size(2) / 2) * pooled_w >= kWinogradMinWindows &&
-        winograd_allowed() && weights_finite(weight))
+        winograd_allowed() && all_finite(weight))
       return Algorithm::kWinograd;
     return 2 * pooled_w <= kGemmMaxConvCols ? Algorithm::kImplicitGemm : Algorithm::kDirect;
   }

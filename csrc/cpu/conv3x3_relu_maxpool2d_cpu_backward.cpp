@@ -18,10 +18,8 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/all.h>
 #include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/isfinite.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -306,7 +304,7 @@ cpu::Grads fused_backward_cpu(const at::Tensor& grad_out, const at::Tensor& inpu
   // products of zero and infinity are formed: the strips here cover whole vectors of conv
   // columns, the stock conv backward exactly the image. Such calls take the stock conv backward
   // on the conv-output gradient, which gives the stock pattern.
-  if (!at::isfinite(input).all().item<bool>() || !at::isfinite(weight).all().item<bool>()) {
+  if (!cpu::all_finite(input) || !cpu::all_finite(weight)) {
     const at::Tensor grad_conv = conv_grad_cpu(grad_out, input, weight, bias);
     const auto [gi, gw, gb] = at::convolution_backward(
         grad_conv, input, weight, at::OptionalIntArrayRef(weight.sizes().slice(0, 1)), {1, 1},

@@ -9,12 +9,41 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <vector>
 
 namespace simplecnn::cpu {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// True when no value of the n values at `data` has its exponent bits (`mask`) all set: no Inf,
+// no NaN. One pass, which GCC vectorizes.
+template <typename bits_t>
+bool exponents_finite(const void* data, int64_t n, bits_t mask) {
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  bits_t non_finite = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    bits_t bits;
+    std::memcpy(&bits, bytes + i * sizeof(bits_t), sizeof(bits_t));
+    non_finite |= static_cast<bits_t>((bits & mask) == mask);
+  }
+  return non_finite == 0;
+}
+
+// Whether every value of a floating tensor is finite. ATen's isfinite(t).all() takes five passes
+// and temporaries: 10% of a SimpleCNN training step at batch 1024.
+inline bool all_finite(const at::Tensor& t) {
+  if (!t.is_non_overlapping_and_dense()) return all_finite(t.contiguous());
+  const void* data = t.const_data_ptr();
+  switch (t.scalar_type()) {
+    case at::kDouble: return exponents_finite<uint64_t>(data, t.numel(), 0x7ff0000000000000u);
+    case at::kFloat: return exponents_finite<uint32_t>(data, t.numel(), 0x7f800000u);
+    case at::kHalf: return exponents_finite<uint16_t>(data, t.numel(), 0x7c00u);
+    case at::kBFloat16: return exponents_finite<uint16_t>(data, t.numel(), 0x7f80u);
+    default: TORCH_CHECK(false, "all_finite: unexpected dtype ", t.scalar_type());
+  }
+}
 
 // Input channels per micro-kernel call. 32 channels x 4 rows x 18 columns of staged input
 // (~20 KB with line overlap) fit L1 beside the weights; measured ~5-15% faster than no blocking
