@@ -64,7 +64,7 @@ void stage_rows_channels_last(const at::Tensor& input, int64_t n, int64_t y0, in
 //  - Other wide layers on narrow images (batch 1 of a deep layer: 8x8, 4x4, 2x2) take the
 //    implicit GEMM, which fills its vector lanes with output channels where the direct kernel
 //    would leave half or more of its 16 columns outside the image. Measured at 256 -> 512
-//    channels, 4x4, batch 1: 0.63 ms against the direct kernel's 1.33; at 8x8 the two tie at 64
+//    channels, 4x4, batch 1: 0.30 ms against the direct kernel's 1.33; at 8x8 the two tie at 64
 //    channels; from 14 columns on the direct kernel wins (0.13 against 0.22 ms at 64, 14x14).
 //  - Everything else, and every call without AVX2 or in float64, the direct kernel.
 enum class Algorithm { kDirect, kWinograd, kImplicitGemm };
@@ -160,6 +160,12 @@ class FusedForward {
       }
     };
     Row row(int64_t n, int64_t py) const { return Row{*this, ptr + n * sN + py * sH, {}}; }
+    // Channels [co0, co0 + count) of pooled output (n, py, px), from the float kernels.
+    void store(int64_t n, int64_t py, int64_t px, int64_t co0, int64_t count,
+               const float* values) const {
+      scalar_t* dst = ptr + n * sN + py * sH + px * sW + co0 * sC;
+      for (int64_t j = 0; j < count; ++j) dst[j * sC] = static_cast<scalar_t>(values[j]);
+    }
     scalar_t* ptr;
     int64_t sN, sC, sH, sW;
     bool in_place;
@@ -240,13 +246,9 @@ class FusedForward {
                                      Wo_, co_p, u_.get(), wino_bias_.data(), v.data(),
                                      m.data(), pooled.data()};
         if (winograd_tiles_avx2(args)) {
-          const OutputTarget& o = target_;
-          for (int64_t t = 0; t < nb * rb * Wo_; ++t) {
-            const int64_t n = n0 + t / (rb * Wo_), py = py0 + (t / Wo_) % rb, px = t % Wo_;
-            scalar_t* dst = o.ptr + n * o.sN + py * o.sH + px * o.sW;
-            for (int64_t co = 0; co < C_out_; ++co)
-              dst[co * o.sC] = static_cast<scalar_t>(pooled[t * co_p + co]);
-          }
+          for (int64_t t = 0; t < nb * rb * Wo_; ++t)
+            target_.store(n0 + t / (rb * Wo_), py0 + (t / Wo_) % rb, t % Wo_, 0, C_out_,
+                          pooled.data() + t * co_p);
           continue;
         }
         // A non-finite value somewhere in these windows: the direct kernel redoes them.
@@ -259,6 +261,13 @@ class FusedForward {
           }
       }
     });
+  }
+
+  // The bias in float32, zeros up to `size` (the channels padded to whole blocks).
+  std::vector<float> padded_bias(int64_t size) const {
+    std::vector<float> padded(size, 0.0f);
+    for (int64_t co = 0; co < C_out_; ++co) padded[co] = static_cast<float>(bias_[co]);
+    return padded;
   }
 
   // Output channels [16 b, 16 b + 16) of the weights as [ci][ky][kx][16] floats, zeros past
@@ -289,44 +298,48 @@ class FusedForward {
   // (whole images but for tall ones), then runs every window for each of its channel blocks.
   void run_implicit_gemm() {
     constexpr int64_t kStagedBudget = 512 * 1024;  // bytes of staged input per item
-    const int64_t blocks = ceil_div(C_out_, kGemmCoBlock), ci_p = C_in_, cols = wino_cols();
+    const int64_t blocks = ceil_div(C_out_, kGemmCoBlock), cols = wino_cols();
     const int64_t rows = std::clamp<int64_t>(
-        kStagedBudget / (2 * cols * ci_p * int64_t(sizeof(float))) - 1, 1, Ho_);
+        kStagedBudget / (2 * cols * C_in_ * int64_t(sizeof(float))) - 1, 1, Ho_);
     const int64_t row_blocks = ceil_div(Ho_, rows);
     const int64_t splits = std::min(blocks, ceil_div(4 * at::get_num_threads(), N_ * row_blocks));
     const int64_t blocks_per_item = ceil_div(blocks, splits);
     // Every packed value is written below: no zero-filling 4.7 MB first (256 -> 512 channels).
     const std::unique_ptr<float[]> weights(new float[blocks * kGemmCoBlock * 9 * C_in_]);
-    std::vector<float> bias(blocks * kGemmCoBlock, 0.0f);
-    for (int64_t co = 0; co < C_out_; ++co) bias[co] = static_cast<float>(bias_[co]);
+    const std::vector<float> bias = padded_bias(blocks * kGemmCoBlock);
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b)
         pack_gemm_block(weight_, b, weights.get() + b * 9 * C_in_ * kGemmCoBlock);
     });
 
     at::parallel_for(0, N_ * row_blocks * splits, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> staged((2 * rows + 2) * cols * ci_p), partial(rows * Wo_ * 4 * kGemmCoBlock);
+      std::vector<float> staged((2 * rows + 2) * cols * C_in_);
+      std::vector<float> partial(rows * Wo_ * 4 * kGemmCoBlock);
       float pooled[kGemmCoBlock];
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / (row_blocks * splits), py0 = (item / splits) % row_blocks * rows;
         const int64_t b0 = (item % splits) * blocks_per_item, rb = std::min(rows, Ho_ - py0);
-        stage_rows_channels_last<scalar_t>(input_, n, 2 * py0 - 1, 2 * rb + 2, cols, ci_p,
+        stage_rows_channels_last<scalar_t>(input_, n, 2 * py0 - 1, 2 * rb + 2, cols, C_in_,
                                            staged.data());
         for (int64_t b = b0; b < std::min(blocks, b0 + blocks_per_item); ++b)
           for (int64_t c0 = 0; c0 < C_in_; c0 += kGemmCiBlock) {
             const int64_t cib = std::min(kGemmCiBlock, C_in_ - c0);
             for (int64_t t = 0; t < rb * Wo_; ++t) {
               const int64_t py = t / Wo_, px = t % Wo_;  // py within the block
-              const WindowGemmArgs args{
-                  staged.data() + (2 * py * cols + 2 * px) * ci_p + c0, cols * ci_p, ci_p, cib,
-                  weights.get() + (b * C_in_ + c0) * 9 * kGemmCoBlock, bias.data() + b * kGemmCoBlock, pooled, partial.data() + t * 4 * kGemmCoBlock,
-                  c0 == 0, c0 + cib == C_in_};
+              const WindowGemmArgs args{staged.data() + (2 * py * cols + 2 * px) * C_in_ + c0,
+                                        cols * C_in_,
+                                        C_in_,
+                                        cib,
+                                        weights.get() + (b * C_in_ + c0) * 9 * kGemmCoBlock,
+                                        bias.data() + b * kGemmCoBlock,
+                                        pooled,
+                                        partial.data() + t * 4 * kGemmCoBlock,
+                                        c0 == 0,
+                                        c0 + cib == C_in_};
               window_gemm_avx2(args);
-              if (!args.last) continue;
-              const OutputTarget& o = target_;
-              scalar_t* dst = o.ptr + n * o.sN + (py0 + py) * o.sH + px * o.sW;
-              for (int64_t j = 0; j < std::min<int64_t>(kGemmCoBlock, C_out_ - b * kGemmCoBlock); ++j)
-                dst[(b * kGemmCoBlock + j) * o.sC] = static_cast<scalar_t>(pooled[j]);
+              if (args.last)
+                target_.store(n, py0 + py, px, b * kGemmCoBlock,
+                              std::min<int64_t>(kGemmCoBlock, C_out_ - b * kGemmCoBlock), pooled);
             }
           }
       }
@@ -346,8 +359,7 @@ class FusedForward {
   void transform_weights(const at::Tensor& weight) {
     const int64_t ci_p = wino_ci(), co_p = wino_co(), blocks = co_p / kWinogradCoBlock;
     u_.reset(new float[16 * co_p * ci_p]);  // every line is written below, padding included
-    wino_bias_.assign(co_p, 0.0f);
-    for (int64_t co = 0; co < C_out_; ++co) wino_bias_[co] = static_cast<float>(bias_[co]);
+    wino_bias_ = padded_bias(co_p);
     const int64_t plane = blocks * ci_p * kWinogradCoBlock;  // floats per tile position
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       // The block's weights as [ci_padded][tap][16] floats (pack_gemm_block), then per input
