@@ -151,11 +151,13 @@ def test_algorithm_choice():
     wide = make_inputs(1, 64, 64, 16, 16)
     assert _algorithm(*wide[:2]) == "winograd"
     assert _algorithm(*make_inputs(2, 3, 18, 32, 32)[:2]) == "direct"  # few input channels
-    # Too few windows for Winograd: narrow images take the implicit GEMM, wider ones the direct
-    # kernel.
+    # Too few windows for Winograd: the implicit GEMM, unless the image fills the direct
+    # kernel's 16-column chunks.
     assert _algorithm(*make_inputs(1, 64, 64, 8, 8)[:2]) == "implicit_gemm"
     assert _algorithm(*make_inputs(1, 64, 64, 14, 8)[:2]) == "implicit_gemm"
-    assert _algorithm(*make_inputs(1, 64, 64, 8, 14)[:2]) == "direct"
+    assert _algorithm(*make_inputs(1, 64, 64, 4, 14)[:2]) == "implicit_gemm"
+    assert _algorithm(*make_inputs(1, 64, 64, 4, 16)[:2]) == "direct"
+    assert _algorithm(*make_inputs(1, 64, 64, 2, 33)[:2]) == "direct"  # 32 of 32 columns
     assert _algorithm(*make_inputs(1, 15, 64, 4, 4)[:2]) == "direct"  # narrow layer
     x, w, _ = make_inputs(2, 64, 64, 16, 16, dtype=torch.float64)
     assert _algorithm(x, w) == "direct"  # float64 keeps the direct sums

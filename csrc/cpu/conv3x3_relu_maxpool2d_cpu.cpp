@@ -61,16 +61,16 @@ void stage_rows_channels_last(const at::Tensor& input, int64_t n, int64_t y0, in
 //    cycles per channel pair, against a gain of about one cycle per pair and window) and the
 //    weights are finite (inf - inf in the weight transform would give NaN where the direct
 //    sum gives +-inf).
-//  - Other wide layers on narrow images (batch 1 of a deep layer: 8x8, 4x4, 2x2) take the
-//    implicit GEMM, which fills its vector lanes with output channels where the direct kernel
-//    would leave half or more of its 16 columns outside the image. Measured at 256 -> 512
-//    channels, 4x4, batch 1: 0.30 ms against the direct kernel's 1.33; at 8x8 the two tie at 64
-//    channels; from 14 columns on the direct kernel wins (0.13 against 0.22 ms at 64, 14x14).
+//  - Other wide layers (batch 1 of a deep layer: 8x8, 4x4 images) take the implicit GEMM,
+//    which fills its vector lanes with output channels, when the direct kernel would leave 10%
+//    or more of its 16-column chunks outside the image. Measured at batch 1: 256 -> 512, 4x4:
+//    0.30 ms against the direct kernel's 1.35; 256 -> 256, 8x8: 0.53 against 1.17; 64 -> 64,
+//    14x14: 0.11 against 0.14; with whole chunks the direct kernel wins (16 -> 32, 64x64: 0.21
+//    against 0.28; 64 -> 128, 16x16, batch 16: 2.8 against 3.2).
 //  - Everything else, and every call without AVX2 or in float64, the direct kernel.
 enum class Algorithm { kDirect, kWinograd, kImplicitGemm };
 
 constexpr int64_t kWideMinChannels = 16;
-constexpr int64_t kGemmMaxConvCols = 8;  // image columns (2 * pooled width) for the implicit GEMM
 // Input channels per implicit-GEMM call: the block's weights for them, 9 x 48 x 16 floats
 // (27 KB), stay in L1 while every window of the image reads them.
 constexpr int64_t kGemmCiBlock = 48;
@@ -97,7 +97,9 @@ Algorithm choose_algorithm(const at::Tensor& input, const at::Tensor& weight) {
     if (input.size(0) * (input.size(2) / 2) * pooled_w >= kWinogradMinWindows &&
         winograd_allowed() && all_finite(weight))
       return Algorithm::kWinograd;
-    return 2 * pooled_w <= kGemmMaxConvCols ? Algorithm::kImplicitGemm : Algorithm::kDirect;
+    // The direct kernel computes kChunkCols columns per call: the share inside the image.
+    const int64_t cols = 2 * pooled_w, lanes = ceil_div(cols, kChunkCols) * kChunkCols;
+    return 10 * cols < 9 * lanes ? Algorithm::kImplicitGemm : Algorithm::kDirect;
   }
 }
 constexpr int64_t kWinogradTiles = 48;  // pooled windows per Winograd call (GEMM rows)
