@@ -396,9 +396,13 @@ def conv_grad(
 def _conv_rounds_before_bias(device: torch.device) -> bool:
     """Whether the stock conv on this device rounds its output to the dtype before adding the
     bias: on CUDA cuDNN convolves and `output.add_(bias)` follows (two roundings in float16 and
-    bfloat16); on the CPU oneDNN adds the bias inside (one). The conv gradient routes by the
-    values stock stores, so it rounds as stock does."""
-    return device.type == "cuda"
+    bfloat16); without cuDNN, and on the CPU with oneDNN, the bias is inside (one). The conv
+    gradient routes by the values stock stores, so it rounds as stock does."""
+    return (
+        device.type == "cuda"
+        and torch.backends.cudnn.enabled
+        and torch.backends.cudnn.is_available()
+    )
 
 
 def _launch(input, weight, bias, out, grad_output, kernel):
