@@ -149,7 +149,11 @@ def test_algorithm_choice():
     from checks import make_inputs
 
     wide = make_inputs(1, 64, 64, 16, 16)
-    assert _algorithm(*wide[:2]) == "winograd"
+    assert _algorithm(*wide[:2]) == "winograd_2x2"  # 16 4x4 tiles: too few for F(4x4)
+    assert _algorithm(*make_inputs(1, 64, 64, 32, 32)[:2]) == "winograd_4x4"  # 64 tiles
+    assert _algorithm(*make_inputs(16, 16, 16, 14, 14)[:2]) == "winograd_4x4"  # 7x7 windows
+    # 5x5 windows per image: 3x3 tiles of 4x4 do 30% more GEMM work than 25 of 2x2.
+    assert _algorithm(*make_inputs(16, 16, 16, 10, 10)[:2]) == "winograd_2x2"
     assert _algorithm(*make_inputs(2, 3, 18, 32, 32)[:2]) == "direct"  # few input channels
     # Too few windows for Winograd: the implicit GEMM, unless the image fills the direct
     # kernel's 16-column chunks.
@@ -167,7 +171,7 @@ def test_algorithm_choice():
         w[3, 5, 1, 1] = float("inf")
         assert _algorithm(x, w) == "direct", (dtype, layout)  # the transform: inf - inf = NaN
     x, w, _ = make_inputs(16, 64, 64, 8, 8)
-    assert _algorithm(x, w) == "winograd"
+    assert _algorithm(x, w) == "winograd_4x4"
     w[3, 5, 1, 1] = float("inf")
     assert _algorithm(x, w) == "implicit_gemm"  # direct sums on a narrow image
 
@@ -213,35 +217,45 @@ def test_implicit_gemm_nan_and_inf_as_stock(special, where):
     assert not torch.isfinite(out).all()
 
 
-WINOGRAD_OFF_CHECK = """
+WINOGRAD_SETTING_CHECK = """
+import os
 import torch
 import simplecnn_kernels as sk
 from checks import assert_matches_reference, make_inputs
 
-x, w, b = make_inputs(2, 32, 32, 16, 16)
-assert torch.ops.simplecnn._cpu_algorithm(x, w) == "direct"
+expected = {"0": "direct", "2x2": "winograd_2x2"}[os.environ["SIMPLECNN_CPU_WINOGRAD"]]
+x, w, b = make_inputs(4, 32, 32, 16, 16)  # 64 tiles of 4x4: F(4x4) by default
+assert torch.ops.simplecnn._cpu_algorithm(x, w) == expected
 assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b), x, w, b)
 print("ok")
 """
 
 
 @needs_avx2
-def test_winograd_can_be_switched_off():
-    _run_with_env(WINOGRAD_OFF_CHECK, SIMPLECNN_CPU_WINOGRAD="0")
+@pytest.mark.parametrize("setting", ["0", "2x2"])
+def test_winograd_can_be_switched_off_or_kept_to_2x2(setting):
+    _run_with_env(WINOGRAD_SETTING_CHECK, SIMPLECNN_CPU_WINOGRAD=setting)
 
 
-WINOGRAD_SHAPES = [
+WINOGRAD_2X2_SHAPES = [
     (1, 64, 64, 16, 16),
     (4, 17, 20, 9, 11),  # C_in not a multiple of 8, C_out not of 16, odd H and W
     (3, 32, 48, 6, 40),  # several images and rows per call, a long row
     (20, 24, 16, 4, 4),  # 2x2 windows per image: whole images per call
+]
+WINOGRAD_4X4_SHAPES = [
+    (1, 64, 64, 32, 32),
+    (4, 17, 20, 31, 27),  # 15x13 windows: tiles past the last row and column; odd channels
+    (64, 24, 16, 4, 4),  # one tile per image: whole images per call
+    (2, 16, 40, 34, 18),  # tile rows of one image per call, 3 output blocks
 ]
 
 
 @needs_avx2
 @pytest.mark.parametrize(
     ("algorithm", "shape"),
-    [("winograd", s) for s in WINOGRAD_SHAPES]
+    [("winograd_2x2", s) for s in WINOGRAD_2X2_SHAPES]
+    + [("winograd_4x4", s) for s in WINOGRAD_4X4_SHAPES]
     + [("implicit_gemm", s) for s in IMPLICIT_GEMM_SHAPES],
     ids=str,
 )
@@ -259,19 +273,48 @@ def test_wide_layer_algorithms_match_stock(algorithm, shape, dtype, layout):
 
 @needs_avx2
 @pytest.mark.parametrize("special", [float("nan"), float("inf"), -float("inf")], ids=str)
-def test_winograd_rows_with_nan_or_inf_fall_back_to_direct_sums(special):
+@pytest.mark.parametrize(("algorithm", "n"), [("winograd_2x2", 3), ("winograd_4x4", 4)])
+def test_winograd_tiles_with_nan_or_inf_fall_back_to_direct_sums(special, algorithm, n):
     # inf - inf inside the transforms would give NaN where the stock sum gives +-inf; those
-    # windows are recomputed directly, so the result equals stock everywhere.
+    # windows are recomputed with direct sums, so the result equals stock everywhere.
     from checks import assert_matches_reference, make_inputs
 
     import simplecnn_kernels as sk
 
-    x, w, b = make_inputs(3, 32, 32, 16, 16)
+    x, w, b = make_inputs(n, 32, 32, 16, 16)
     x.view(-1)[torch.randperm(x.numel())[:5]] = special
-    assert _algorithm(x, w) == "winograd"
+    assert _algorithm(x, w) == algorithm
     out = sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu")
     assert_matches_reference(out, x, w, b)
     assert not torch.isfinite(out).all()
+
+
+@needs_avx2
+@pytest.mark.parametrize(
+    ("algorithm", "shape"),
+    [("winograd_2x2", (16, 16, 80, 4, 4)), ("winograd_4x4", (64, 16, 80, 4, 4))],
+    ids=str,
+)
+def test_winograd_splits_output_channels_when_threads_outnumber_tile_groups(algorithm, shape):
+    # With more threads than groups of tiles, items take ranges of output-channel blocks;
+    # the fallback to direct sums then redoes only its range.
+    from checks import assert_matches_reference, make_inputs
+
+    import simplecnn_kernels as sk
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(8)
+    try:
+        x, w, b = make_inputs(*shape)
+        assert _algorithm(x, w) == algorithm
+        assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"), x, w, b)
+        x[1, 3, 2, 2] = float("inf")
+        x[-1, 5, 0, 1] = float("nan")
+        out = sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu")
+        assert_matches_reference(out, x, w, b)
+        assert not torch.isfinite(out).all()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("special", [float("nan"), float("inf")], ids=str)

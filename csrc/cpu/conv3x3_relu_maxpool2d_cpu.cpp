@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -28,7 +29,8 @@ namespace cpu {
 namespace {
 
 // Copies input rows [y0, y0 + rows) of image n into `scratch` channels-last for the Winograd
-// kernel: [row][column][ci_padded], column c holding input column c - 1, zeros elsewhere.
+// and implicit-GEMM kernels (which run only with AVX2): [row][column][ci_padded], column c
+// holding input column c - 1, zeros elsewhere.
 template <typename scalar_t>
 void stage_rows_channels_last(const at::Tensor& input, int64_t n, int64_t y0, int64_t rows,
                               int64_t cols, int64_t ci_padded, float* scratch) {
@@ -47,6 +49,14 @@ void stage_rows_channels_last(const at::Tensor& input, int64_t n, int64_t y0, in
       }
     return;
   }
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (sW == 1) {  // rows of NCHW float input: [C][W] transposed, 8x8 at a time
+      for (int64_t y = y_begin; y < y_end; ++y)
+        transpose_avx2(base + y * sH, sC, C, W, scratch + ((y - y0) * cols + 1) * ci_padded,
+                       ci_padded);
+      return;
+    }
+  }
   for (int64_t c = 0; c < C; ++c)  // channel by channel, as stage_rows reads
     for (int64_t y = y_begin; y < y_end; ++y) {
       const scalar_t* src = base + c * sC + y * sH;
@@ -60,7 +70,7 @@ void stage_rows_channels_last(const at::Tensor& input, int64_t n, int64_t y0, in
 //    there, when the call has enough pooled windows to repay the weight transform (about 55
 //    cycles per channel pair, against a gain of about one cycle per pair and window) and the
 //    weights are finite (inf - inf in the weight transform would give NaN where the direct
-//    sum gives +-inf).
+//    sum gives +-inf): F(4x4, 3x3) where it has enough whole tiles, else F(2x2, 3x3).
 //  - Other wide layers (batch 1 of a deep layer: 8x8, 4x4 images) take the implicit GEMM,
 //    which fills its vector lanes with output channels, when the direct kernel would leave 10%
 //    or more of its 16-column chunks outside the image. Measured at batch 1: 256 -> 512, 4x4:
@@ -68,22 +78,28 @@ void stage_rows_channels_last(const at::Tensor& input, int64_t n, int64_t y0, in
 //    14x14: 0.11 against 0.14; with whole chunks the direct kernel wins (16 -> 32, 64x64: 0.21
 //    against 0.28; 64 -> 128, 16x16, batch 16: 2.8 against 3.2).
 //  - Everything else, and every call without AVX2 or in float64, the direct kernel.
-enum class Algorithm { kDirect, kWinograd, kImplicitGemm };
+enum class Algorithm { kDirect, kWinograd2x2, kWinograd4x4, kImplicitGemm };
 
 constexpr int64_t kWideMinChannels = 16;
 // Input channels per implicit-GEMM call: the block's weights for them, 9 x 48 x 16 floats
 // (27 KB), stay in L1 while every window of the image reads them.
 constexpr int64_t kGemmCiBlock = 48;
 constexpr int64_t kWinogradMinWindows = 64;
+constexpr int64_t kWinograd4x4MinTiles = 64;
 
-// SIMPLECNN_CPU_WINOGRAD=0 (read once) keeps every layer on the direct sums: Winograd's error
-// bound is a few times the direct one (winograd.h), which a user may not want to trade.
-bool winograd_allowed() {
-  static const bool allowed = [] {
-    const char* setting = std::getenv("SIMPLECNN_CPU_WINOGRAD");
-    return setting == nullptr || std::string(setting) != "0";
+// SIMPLECNN_CPU_WINOGRAD (read once): "0" keeps every layer on the direct sums, "2x2" keeps
+// Winograd to F(2x2, 3x3): the transforms' rounding error is larger than the direct sums'
+// (winograd.h), which a user may not want to trade.
+enum class WinogradSetting { kOff, k2x2Only, kAny };
+WinogradSetting winograd_setting() {
+  static const WinogradSetting setting = [] {
+    const char* value = std::getenv("SIMPLECNN_CPU_WINOGRAD");
+    const std::string text = value == nullptr ? "" : value;
+    if (text == "0") return WinogradSetting::kOff;
+    if (text == "2x2") return WinogradSetting::k2x2Only;
+    return WinogradSetting::kAny;
   }();
-  return allowed;
+  return setting;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -93,16 +109,34 @@ Algorithm choose_algorithm(const at::Tensor& input, const at::Tensor& weight) {
   } else {
     if (!use_avx2() || input.size(1) < kWideMinChannels || weight.size(0) < kWideMinChannels)
       return Algorithm::kDirect;
-    const int64_t pooled_w = input.size(3) / 2;
-    if (input.size(0) * (input.size(2) / 2) * pooled_w >= kWinogradMinWindows &&
-        winograd_allowed() && all_finite(weight))
-      return Algorithm::kWinograd;
+    const int64_t pooled_h = input.size(2) / 2, pooled_w = input.size(3) / 2;
+    const int64_t windows = input.size(0) * pooled_h * pooled_w;
+    const WinogradSetting setting = winograd_setting();
+    if (windows >= kWinogradMinWindows && setting != WinogradSetting::kOff &&
+        all_finite(weight)) {
+      // F(4x4) where its GEMM work (36 products per 4x4 tile against F(2x2)'s 16 per window,
+      // per channel pair) is at least 20% less, odd sizes' partial tiles included, and there
+      // are enough tiles to repay its larger weight transform (36 positions against 16; at
+      // 256 -> 512 channels 19 MB, which made 16 tiles 20% slower than F(2x2), 64 tiles 7%
+      // faster). Otherwise F(2x2), which is also the more accurate.
+      const int64_t tiles_4x4 = input.size(0) * ceil_div(pooled_h, 2) * ceil_div(pooled_w, 2);
+      if (setting == WinogradSetting::kAny && tiles_4x4 >= kWinograd4x4MinTiles &&
+          5 * 36 * tiles_4x4 <= 4 * 16 * windows)
+        return Algorithm::kWinograd4x4;
+      return Algorithm::kWinograd2x2;
+    }
     // The direct kernel computes kChunkCols columns per call: the share inside the image.
     const int64_t cols = 2 * pooled_w, lanes = ceil_div(cols, kChunkCols) * kChunkCols;
     return 10 * cols < 9 * lanes ? Algorithm::kImplicitGemm : Algorithm::kDirect;
   }
 }
-constexpr int64_t kWinogradTiles = 48;  // pooled windows per Winograd call (GEMM rows)
+
+// Winograd work items: at most this many tiles per call (GEMM rows; measured best, larger
+// groups' work space leaves L2), and the cost of a call beyond its tiles (staging, streaming
+// the transformed weights), in tiles. The GEMM takes its rows kWinogradGemmRows at a time.
+constexpr int64_t kWinograd2x2GroupTiles = 48;
+constexpr int64_t kWinograd4x4GroupTiles = 32;
+constexpr int64_t kCallOverheadTiles = 8;
 
 // One call of the op: shapes, weights and the output, and the three ways to compute pooled
 // windows (direct, Winograd, implicit GEMM).
@@ -119,12 +153,14 @@ class FusedForward {
         bias_(read_bias<scalar_t, acc_t>(bias, weight.size(0))),
         target_(out) {
     algorithm_ = choose_algorithm<scalar_t, acc_t>(input, weight);
-    if (algorithm_ == Algorithm::kWinograd) transform_weights(weight);
+    if (algorithm_ == Algorithm::kWinograd2x2 || algorithm_ == Algorithm::kWinograd4x4)
+      transform_weights(weight);
   }
 
   void run() {
     switch (algorithm_) {
-      case Algorithm::kWinograd: return run_winograd();
+      case Algorithm::kWinograd2x2:
+      case Algorithm::kWinograd4x4: return run_winograd();
       case Algorithm::kImplicitGemm: return run_implicit_gemm();
       case Algorithm::kDirect: return run_direct();
     }
@@ -184,14 +220,14 @@ class FusedForward {
   // Pooled row py of image n with the direct kernel; `rows` is the scratch at its top halo row.
   void direct_pooled_row(int64_t n, int64_t py, const acc_t* rows, Workspace& ws) {
     auto row = target_.row(n, py);
-    direct_row(geometry_, rows, packed().data(), bias_.data(), ws.partial.data(), row);
+    direct_row(geometry_, rows, packed_.data(), bias_.data(), ws.partial.data(), row);
   }
 
   // Work items are (image, block of pooled rows). Whole images while there are enough of them
   // to keep every thread busy; smaller blocks for small batches, and for wide inputs so the
   // staged rows stay in L2. Each block re-stages its 2 halo rows.
   void run_direct() {
-    packed();  // before the threads start
+    packed_ = pack_direct_weights<scalar_t, acc_t>(weight_);
     constexpr int64_t kScratchBudget = 256 * 1024;
     const int64_t want_items = 4 * at::get_num_threads();
     const int64_t row_stride = geometry_.row_stride;
@@ -216,51 +252,81 @@ class FusedForward {
     });
   }
 
-  // Work items are groups of about kWinogradTiles pooled windows: several pooled rows of one
-  // image, or several whole images when images are small, so each GEMM has enough rows to
-  // reuse the transformed weights (4 MB at 256 channels) across many windows.
+  // Work items are (group of tiles, range of 16-channel output blocks). A group is several
+  // tile rows of one image, or several whole images when images are small; its GEMMs read
+  // each transformed weight once from memory (4 MB at 256 channels for F(2x2), 9 MB for
+  // F(4x4)) and reuse it for every tile of the group, up to a group size whose work space
+  // still fits L2. Output channels are split when there are too few groups to keep the
+  // threads busy. The items' shape minimizes the busiest thread's work, in tiles x blocks:
+  // ceil(items / threads) x (GEMM rows + kCallOverheadTiles) x blocks per item.
   void run_winograd() {
-    const int64_t threads = at::get_num_threads();
-    int64_t images = 1, rows = Ho_;
-    if (Ho_ * Wo_ >= kWinogradTiles) {
-      rows = std::min(Ho_, ceil_div(kWinogradTiles, Wo_));
-    } else {
-      images = std::min(N_, ceil_div(kWinogradTiles, Ho_ * Wo_));
+    const int m = winograd_m(), window_side = m / 2;
+    const int64_t tiles_h = ceil_div(Ho_, window_side), tiles_w = ceil_div(Wo_, window_side);
+    const int64_t per_image = tiles_h * tiles_w, threads = at::get_num_threads();
+    const int64_t blocks = wino_co() / kWinogradCoBlock;
+    int64_t images = 1, rows = tiles_h, splits = 1;
+    {
+      const int64_t max_tiles = m == 2 ? kWinograd2x2GroupTiles : kWinograd4x4GroupTiles;
+      int64_t best = std::numeric_limits<int64_t>::max();
+      auto consider = [&](int64_t i, int64_t r, int64_t s) {
+        const int64_t items = ceil_div(N_, i) * ceil_div(tiles_h, r) * s;
+        const int64_t gemm_rows = ceil_div(i * r * tiles_w, kWinogradGemmRows) * kWinogradGemmRows;
+        const int64_t cost = ceil_div(items, threads) * (gemm_rows + kCallOverheadTiles) *
+                             ceil_div(blocks, s);
+        if (cost < best) best = cost, images = i, rows = r, splits = s;
+      };
+      for (int64_t s = 1; s <= std::min<int64_t>(blocks, 2 * threads); s *= 2) {
+        if (per_image >= max_tiles) {
+          for (int64_t r = std::min(tiles_h, ceil_div(max_tiles, tiles_w)); r >= 1; --r)
+            consider(1, r, s);
+        } else {
+          for (int64_t i = std::min(N_, ceil_div(max_tiles, per_image)); i >= 1; --i)
+            consider(i, tiles_h, s);
+        }
+      }
     }
-    auto items = [&] { return ceil_div(N_, images) * ceil_div(Ho_, rows); };
-    while (images > 1 && items() < 2 * threads) images = ceil_div(images, 2);
-    while (rows > 1 && items() < 2 * threads) rows = ceil_div(rows, 2);
-    const int64_t row_blocks = ceil_div(Ho_, rows);
-    const int64_t cols = wino_cols(), ci_p = wino_ci(), co_p = wino_co();
-    const int64_t image_stride = (2 * rows + 2) * cols * ci_p, tiles = images * rows * Wo_;
+    const int64_t row_blocks = ceil_div(tiles_h, rows), blocks_per_item = ceil_div(blocks, splits);
+    const int64_t cols = m * tiles_w + 2, ci_p = wino_ci(), co_p = wino_co();
+    const int64_t image_stride = (m * rows + 2) * cols * ci_p, tiles = images * rows * tiles_w;
+    const int64_t positions = (m + 2) * (m + 2), windows = window_side * window_side;
 
-    at::parallel_for(0, items(), 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> staged(images * image_stride), v(16 * tiles * ci_p),
-          m(16 * tiles * co_p), pooled(tiles * co_p);
-      std::optional<Workspace> fallback;
+    at::parallel_for(0, ceil_div(N_, images) * row_blocks * splits, 1, [&](int64_t begin,
+                                                                            int64_t end) {
+      std::vector<float> staged(images * image_stride), v(positions * tiles * ci_p),
+          products(positions * tiles * co_p), pooled(tiles * windows * co_p);
+      std::vector<float> partial;  // for the implicit GEMM, where it redoes windows
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t n0 = (item / row_blocks) * images, py0 = (item % row_blocks) * rows;
-        const int64_t nb = std::min(images, N_ - n0), rb = std::min(rows, Ho_ - py0);
+        const int64_t group = item / splits, b0 = item % splits * blocks_per_item;
+        const int64_t b1 = std::min(blocks, b0 + blocks_per_item);
+        const int64_t n0 = group / row_blocks * images, ty0 = group % row_blocks * rows;
+        const int64_t nb = std::min(images, N_ - n0), rb = std::min(rows, tiles_h - ty0);
         for (int64_t i = 0; i < nb; ++i)
-          stage_rows_channels_last<scalar_t>(input_, n0 + i, 2 * py0 - 1, 2 * rb + 2, cols, ci_p,
+          stage_rows_channels_last<scalar_t>(input_, n0 + i, m * ty0 - 1, m * rb + 2, cols, ci_p,
                                              staged.data() + i * image_stride);
-        const WinogradTilesArgs args{staged.data(), image_stride, cols * ci_p, ci_p, nb, rb,
-                                     Wo_, co_p, u_.get(), wino_bias_.data(), v.data(),
-                                     m.data(), pooled.data()};
+        const WinogradTilesArgs args{m, staged.data(), image_stride, cols * ci_p, ci_p,
+                                     nb, rb, tiles_w, co_p, b0 * kWinogradCoBlock,
+                                     b1 * kWinogradCoBlock, u_.get(), wino_bias_.data(),
+                                     v.data(), products.data(), pooled.data()};
+        const int64_t co0 = b0 * kWinogradCoBlock;
+        const int64_t count = std::min(b1 * kWinogradCoBlock, C_out_) - co0;
+        const int64_t py0 = ty0 * window_side, py1 = std::min(Ho_, (ty0 + rb) * window_side);
         if (winograd_tiles_avx2(args)) {
-          for (int64_t t = 0; t < nb * rb * Wo_; ++t)
-            target_.store(n0 + t / (rb * Wo_), py0 + (t / Wo_) % rb, t % Wo_, 0, C_out_,
-                          pooled.data() + t * co_p);
+          for (int64_t t = 0; t < nb * rb * tiles_w; ++t)
+            for (int64_t w = 0; w < windows; ++w) {
+              const int64_t py = py0 + (t / tiles_w) % rb * window_side + w / window_side;
+              const int64_t px = t % tiles_w * window_side + w % window_side;
+              if (py < py1 && px < Wo_)  // tiles may reach past odd pooled sizes
+                target_.store(n0 + t / (rb * tiles_w), py, px, co0, count,
+                              pooled.data() + (t * windows + w) * co_p + co0);
+            }
           continue;
         }
-        // A non-finite value somewhere in these windows: the direct kernel redoes them.
-        if (!fallback) fallback.emplace(*this, 4);
-        for (int64_t n = n0; n < n0 + nb; ++n)
-          for (int64_t py = py0; py < py0 + rb; ++py) {
-            stage_rows<scalar_t, acc_t>(input_, n, 2 * py - 1, 4, geometry_.padded_w,
-                                        fallback->scratch.data());
-            direct_pooled_row(n, py, fallback->scratch.data(), *fallback);
-          }
+        // A non-finite value somewhere in these tiles: the implicit GEMM, whose direct sums
+        // give the stock NaN and Inf, redoes their windows from the same staged input.
+        partial.resize((py1 - py0) * Wo_ * 4 * kGemmCoBlock);
+        for (int64_t i = 0; i < nb; ++i)
+          implicit_gemm_rows(staged.data() + i * image_stride, cols, ci_p, n0 + i, py0,
+                             py1 - py0, b0, b1, partial.data());
       }
     });
   }
@@ -282,7 +348,7 @@ class FusedForward {
     const scalar_t* src = weight.const_data_ptr<scalar_t>() + b * kGemmCoBlock * s0;
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (cob == kGemmCoBlock && weight.is_contiguous()) {  // rows of (ci, ky, kx)
-        pack_gemm_block_avx2(src, s0, 9 * C_in_, dst);
+        transpose_avx2(src, s0, kGemmCoBlock, 9 * C_in_, dst, kGemmCoBlock);
         return;
       }
     }
@@ -300,91 +366,99 @@ class FusedForward {
   // (whole images but for tall ones), then runs every window for each of its channel blocks.
   void run_implicit_gemm() {
     constexpr int64_t kStagedBudget = 512 * 1024;  // bytes of staged input per item
-    const int64_t blocks = ceil_div(C_out_, kGemmCoBlock), cols = wino_cols();
+    const int64_t blocks = ceil_div(C_out_, kGemmCoBlock), cols = 2 * Wo_ + 2;
     const int64_t rows = std::clamp<int64_t>(
         kStagedBudget / (2 * cols * C_in_ * int64_t(sizeof(float))) - 1, 1, Ho_);
     const int64_t row_blocks = ceil_div(Ho_, rows);
     const int64_t splits = std::min(blocks, ceil_div(4 * at::get_num_threads(), N_ * row_blocks));
     const int64_t blocks_per_item = ceil_div(blocks, splits);
-    // Every packed value is written below: no zero-filling 4.7 MB first (256 -> 512 channels).
-    const std::unique_ptr<float[]> weights(new float[blocks * kGemmCoBlock * 9 * C_in_]);
-    const std::vector<float> bias = padded_bias(blocks * kGemmCoBlock);
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b)
-        pack_gemm_block(weight_, b, weights.get() + b * 9 * C_in_ * kGemmCoBlock);
-    });
-
+    gemm_weights();  // before the threads start
     at::parallel_for(0, N_ * row_blocks * splits, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> staged((2 * rows + 2) * cols * C_in_);
       std::vector<float> partial(rows * Wo_ * 4 * kGemmCoBlock);
-      float pooled[kGemmCoBlock];
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / (row_blocks * splits), py0 = (item / splits) % row_blocks * rows;
         const int64_t b0 = (item % splits) * blocks_per_item, rb = std::min(rows, Ho_ - py0);
         stage_rows_channels_last<scalar_t>(input_, n, 2 * py0 - 1, 2 * rb + 2, cols, C_in_,
                                            staged.data());
-        for (int64_t b = b0; b < std::min(blocks, b0 + blocks_per_item); ++b)
-          for (int64_t c0 = 0; c0 < C_in_; c0 += kGemmCiBlock) {
-            const int64_t cib = std::min(kGemmCiBlock, C_in_ - c0);
-            for (int64_t t = 0; t < rb * Wo_; ++t) {
-              const int64_t py = t / Wo_, px = t % Wo_;  // py within the block
-              const WindowGemmArgs args{staged.data() + (2 * py * cols + 2 * px) * C_in_ + c0,
-                                        cols * C_in_,
-                                        C_in_,
-                                        cib,
-                                        weights.get() + (b * C_in_ + c0) * 9 * kGemmCoBlock,
-                                        bias.data() + b * kGemmCoBlock,
-                                        pooled,
-                                        partial.data() + t * 4 * kGemmCoBlock,
-                                        c0 == 0,
-                                        c0 + cib == C_in_};
-              window_gemm_avx2(args);
-              if (args.last)
-                target_.store(n, py0 + py, px, b * kGemmCoBlock,
-                              std::min<int64_t>(kGemmCoBlock, C_out_ - b * kGemmCoBlock), pooled);
-            }
-          }
+        implicit_gemm_rows(staged.data(), cols, C_in_, n, py0, rb,
+                           b0, std::min(blocks, b0 + blocks_per_item), partial.data());
       }
     });
   }
 
-  // The direct kernel's packed weights, made by whichever thread first needs them (the
-  // Winograd path needs them only to redo windows with non-finite values).
-  const std::vector<acc_t>& packed() {
-    std::call_once(packed_once_, [&] { packed_ = pack_direct_weights<scalar_t, acc_t>(weight_); });
-    return packed_;
+  // Pooled rows [py0, py0 + rows) of image n, output channel blocks [b0, b1), by the implicit
+  // GEMM: `staged` holds the image's input from row 2*py0 - 1 and column -1 channels-last,
+  // `cols` columns of `col_stride` floats; `partial` has room for rows x Wo x 4 x 16 floats.
+  void implicit_gemm_rows(const float* staged, int64_t cols, int64_t col_stride, int64_t n,
+                          int64_t py0, int64_t rows, int64_t b0, int64_t b1, float* partial) {
+    const float* weights = gemm_weights().get();
+    float pooled[kGemmCoBlock];
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t c0 = 0; c0 < C_in_; c0 += kGemmCiBlock) {
+        const int64_t cib = std::min(kGemmCiBlock, C_in_ - c0);
+        for (int64_t t = 0; t < rows * Wo_; ++t) {
+          const int64_t py = t / Wo_, px = t % Wo_;  // py within the block
+          const WindowGemmArgs args{staged + (2 * py * cols + 2 * px) * col_stride + c0,
+                                    cols * col_stride,
+                                    col_stride,
+                                    cib,
+                                    weights + (b * C_in_ + c0) * 9 * kGemmCoBlock,
+                                    gemm_bias_.data() + b * kGemmCoBlock,
+                                    pooled,
+                                    partial + t * 4 * kGemmCoBlock,
+                                    c0 == 0,
+                                    c0 + cib == C_in_};
+          window_gemm_avx2(args);
+          if (args.last)
+            target_.store(n, py0 + py, px, b * kGemmCoBlock,
+                          std::min<int64_t>(kGemmCoBlock, C_out_ - b * kGemmCoBlock), pooled);
+        }
+      }
+  }
+
+  // The implicit GEMM's packed weights and padded bias, made by whichever thread first needs
+  // them (the Winograd path needs them only to redo windows with non-finite values). Every
+  // packed value is written: no zero-filling 4.7 MB first (256 -> 512 channels).
+  const std::unique_ptr<float[]>& gemm_weights() {
+    std::call_once(gemm_once_, [&] {
+      const int64_t blocks = ceil_div(C_out_, kGemmCoBlock);
+      gemm_weights_.reset(new float[blocks * kGemmCoBlock * 9 * C_in_]);
+      gemm_bias_ = padded_bias(blocks * kGemmCoBlock);
+      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b)
+          pack_gemm_block(weight_, b, gemm_weights_.get() + b * 9 * C_in_ * kGemmCoBlock);
+      });
+    });
+    return gemm_weights_;
   }
 
   // U = G g G^T per (co, ci) (transform_weights_avx2), stored as
-  // [16][co_padded / 16][ci_padded][16] with zeros in the padding. Filled block by block of 16
-  // output channels, in parallel: at 256 -> 512 channels it is 8.4 MB per call.
+  // [(m+2)^2][co_padded / 16][ci_padded][16] with zeros in the padding. Filled block by block
+  // of 16 output channels, in parallel: at 256 -> 512 channels it is 19 MB per call for F(4x4).
   void transform_weights(const at::Tensor& weight) {
+    const int m = winograd_m();
     const int64_t ci_p = wino_ci(), co_p = wino_co(), blocks = co_p / kWinogradCoBlock;
-    u_.reset(new float[16 * co_p * ci_p]);  // every line is written below, padding included
+    u_.reset(new float[(m + 2) * (m + 2) * co_p * ci_p]);  // every value is written below
     wino_bias_ = padded_bias(co_p);
     const int64_t plane = blocks * ci_p * kWinogradCoBlock;  // floats per tile position
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       // The block's weights as [ci_padded][tap][16] floats (pack_gemm_block), then per input
-      // channel: the 16 positions of one (co, ci) lie a plane apart, all in one L1 set, so
-      // transform 16 output channels into `lines` first and write each position's whole line.
+      // channel the 16 output channels' lines of every position.
       std::vector<float> g(ci_p * 9 * kWinogradCoBlock);
-      float lines[16][kWinogradCoBlock];
       for (int64_t b = begin; b < end; ++b) {
         pack_gemm_block(weight, b, g.data());
         std::fill(g.begin() + C_in_ * 9 * kWinogradCoBlock, g.end(), 0.0f);  // padding: 0
-        for (int64_t ci = 0; ci < ci_p; ++ci) {
-          transform_weights_avx2(g.data() + ci * 9 * kWinogradCoBlock, lines);
-          float* dst = u_.get() + (b * ci_p + ci) * kWinogradCoBlock;
-          for (int p = 0; p < 16; ++p)
-            std::copy(lines[p], lines[p] + kWinogradCoBlock, dst + p * plane);
-        }
+        for (int64_t ci = 0; ci < ci_p; ++ci)
+          transform_weights_avx2(m, g.data() + ci * 9 * kWinogradCoBlock,
+                                 u_.get() + (b * ci_p + ci) * kWinogradCoBlock, plane);
       }
     });
   }
 
+  int winograd_m() const { return algorithm_ == Algorithm::kWinograd4x4 ? 4 : 2; }
   int64_t wino_ci() const { return ceil_div(C_in_, kWinogradCiAlign) * kWinogradCiAlign; }
   int64_t wino_co() const { return ceil_div(C_out_, kWinogradCoBlock) * kWinogradCoBlock; }
-  int64_t wino_cols() const { return 2 * Wo_ + 2; }  // input columns -1 .. 2*Wo
 
   const at::Tensor& input_;
   const at::Tensor& weight_;
@@ -393,8 +467,10 @@ class FusedForward {
   const std::vector<acc_t> bias_;
   const OutputTarget target_;
   Algorithm algorithm_ = Algorithm::kDirect;
-  std::once_flag packed_once_;
   std::vector<acc_t> packed_;         // direct kernel
+  std::once_flag gemm_once_;
+  std::unique_ptr<float[]> gemm_weights_;  // implicit GEMM
+  std::vector<float> gemm_bias_;
   std::unique_ptr<float[]> u_;  // Winograd kernel
   std::vector<float> wino_bias_;
 };
@@ -411,7 +487,8 @@ std::string cpu_algorithm(const at::Tensor& input, const at::Tensor& weight) {
                                     algorithm = choose_algorithm<scalar_t, acc_t>(input, weight);
                                   });
   switch (algorithm) {
-    case Algorithm::kWinograd: return "winograd";
+    case Algorithm::kWinograd2x2: return "winograd_2x2";
+    case Algorithm::kWinograd4x4: return "winograd_4x4";
     case Algorithm::kImplicitGemm: return "implicit_gemm";
     case Algorithm::kDirect: break;
   }

@@ -35,8 +35,10 @@ struct WindowGemmArgs {
 // One window, 16 output channels (see above).
 void window_gemm_avx2(const WindowGemmArgs& args);
 
-// Packs one block of kGemmCoBlock output channels of a contiguous float32 weight (rows of
-// k = 9 * C_in values, `row_stride` apart) as [k][kGemmCoBlock]: a transpose, 8x8 at a time.
-void pack_gemm_block_avx2(const float* rows, int64_t row_stride, int64_t k, float* packed);
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols: a transpose, 8x8
+// at a time. Packs weight blocks ([16 channels][9 C_in] to [9 C_in][16]) and stages NCHW
+// input rows channels-last ([C][W] to [W][C]).
+void transpose_avx2(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+                    int64_t dst_stride);
 
 }  // namespace simplecnn::cpu

@@ -95,14 +95,18 @@ void transpose8x8(const float* src, int64_t src_stride, float* dst, int64_t dst_
 
 void window_gemm_avx2(const WindowGemmArgs& args) { window_gemm(args); }
 
-void pack_gemm_block_avx2(const float* rows, int64_t row_stride, int64_t k, float* packed) {
-  int64_t c = 0;
-  for (; c + 8 <= k; c += 8)
-    for (int j = 0; j < kGemmCoBlock; j += 8)
-      transpose8x8(rows + j * row_stride + c, row_stride, packed + c * kGemmCoBlock + j,
-                   kGemmCoBlock);
-  for (; c < k; ++c)
-    for (int j = 0; j < kGemmCoBlock; ++j) packed[c * kGemmCoBlock + j] = rows[j * row_stride + c];
+void transpose_avx2(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+                    int64_t dst_stride) {
+  int64_t r = 0;
+  for (; r + 8 <= rows; r += 8) {
+    int64_t c = 0;
+    for (; c + 8 <= cols; c += 8)
+      transpose8x8(src + r * src_stride + c, src_stride, dst + c * dst_stride + r, dst_stride);
+    for (; c < cols; ++c)
+      for (int64_t i = r; i < r + 8; ++i) dst[c * dst_stride + i] = src[i * src_stride + c];
+  }
+  for (; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
 }
 
 }  // namespace simplecnn::cpu
@@ -113,7 +117,7 @@ void pack_gemm_block_avx2(const float* rows, int64_t row_stride, int64_t k, floa
 
 namespace simplecnn::cpu {
 void window_gemm_avx2(const WindowGemmArgs&) {}
-void pack_gemm_block_avx2(const float*, int64_t, int64_t, float*) {}
+void transpose_avx2(const float*, int64_t, int64_t, int64_t, float*, int64_t) {}
 }  // namespace simplecnn::cpu
 
 #endif

@@ -1,20 +1,21 @@
-// Winograd F(2x2, 3x3) for wide layers: the interface of the AVX2 kernel.
+// Winograd F(2x2, 3x3) and F(4x4, 3x3) for wide layers: the interface of the AVX2 kernel.
 //
-// The 2x2 window of one pooled output is one Winograd output tile: its four conv values come
-// from the 4x4 input tile under it as Y = A^T [ U (.) V ] A, with V = B^T d B per input channel,
-// U = G g G^T per (output, input) channel and the elementwise products summed over input channels
-// (16 small GEMMs, one per tile position). That is 16 multiplies per (c_in, c_out) pair and
-// window instead of the direct 36, so wide layers run ~2x faster than any direct kernel can.
+// A tile of m x m conv outputs (m = 2: one 2x2 pool window; m = 4: 2x2 windows) comes from the
+// (m+2) x (m+2) input tile under it as Y = A^T [ U (.) V ] A, with V = B^T d B per input
+// channel, U = G g G^T per (output, input) channel and the elementwise products summed over
+// input channels: (m+2)^2 small GEMMs, one per tile position. Per (c_in, c_out) pair and pool
+// window that is 16 multiplies for F(2x2) and 9 for F(4x4), against the direct 36.
 //
-// Rounding: the products are of transformed values (sums and differences of up to 4 inputs and
-// 9 weights), so the float32 error bound, in units of eps * sum |w| |x|, is a few times the
-// direct one. On random data the error is the stock path's; with mixed-scale channels and one
-// dominant filter tap it was measured up to 43 such units against at most 18 for stock oneDNN
-// (README "Precision"). SIMPLECNN_CPU_WINOGRAD=0 turns the path off.
+// Rounding: the products are of transformed values (sums and differences of up to 36 inputs
+// and 9 weights, scaled by up to 25 and 1/36), so the float32 error, in units of
+// eps * sum |w| |x|, is larger than the direct one: on random data about the direct error for
+// F(2x2) and about 15x it for F(4x4) (still ~1e-6 of sum |w| |x|); on adversarial data
+// (mixed-scale channels, one dominant tap) more (README "Precision", bench/precision.py).
+// SIMPLECNN_CPU_WINOGRAD=2x2 keeps to F(2x2); =0 turns Winograd off.
 //
 // The transforms subtract values, so inf - inf can give NaN where the direct sum gives +-inf.
 // A call therefore reports any non-finite transformed value (or a non-finite conv value), and
-// the caller recomputes those pooled rows with the direct kernel: results, NaN and Inf
+// the caller recomputes those windows with direct sums (the implicit GEMM): results, NaN and Inf
 // included, stay those of the stock path.
 #pragma once
 
@@ -24,12 +25,16 @@ namespace simplecnn::cpu {
 
 constexpr int kWinogradCoBlock = 16;  // output channels per GEMM micro-kernel (2 x 8 floats)
 constexpr int kWinogradCiAlign = 8;   // input channels are padded to a multiple of this
+constexpr int kWinogradGemmRows = 6;  // tiles per GEMM micro-kernel call (fewer at the end)
 
-// One call computes the pooled outputs of `images` x `rows` x `cols` windows ("tiles"): rows
-// [py0, py0 + rows) of `images` consecutive images, all pooled columns. Tile t is image
-// t / (rows * cols), pooled row (t / cols) % rows, pooled column t % cols.
+// One call computes the pooled outputs of `images` x `rows` x `cols` tiles of m x m conv
+// outputs: tile rows [ty0, ty0 + rows) of `images` consecutive images, all tile columns. Tile t
+// is image t / (rows * cols), tile row (t / cols) % rows, tile column t % cols; its input tile
+// starts m * (its row within the call) rows and m * (its column) columns into the image's
+// staged input.
 struct WinogradTilesArgs {
-  // Channels-last scratch [image][row][column][ci_padded], per image from input row 2*py0 - 1
+  int m;  // conv outputs per tile side: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3)
+  // Channels-last scratch [image][row][column][ci_padded], per image from input row m*ty0 - 1
   // and input column -1; zeros outside the image and in the padding channels.
   const float* in;
   int64_t in_image_stride;  // floats per staged image
@@ -37,19 +42,22 @@ struct WinogradTilesArgs {
   int64_t ci_padded;        // multiple of kWinogradCiAlign
   int64_t images, rows, cols;
   int64_t co_padded;  // multiple of kWinogradCoBlock
-  const float* u;     // transformed weights [16][co_padded / 16][ci_padded][16]
+  int64_t co_begin, co_end;  // the output channels of this call, multiples of kWinogradCoBlock
+  const float* u;     // transformed weights [(m+2)^2][co_padded / 16][ci_padded][16]
   const float* bias;  // co_padded values
-  float* v;           // work space [16][tiles][ci_padded]
-  float* m;           // work space [16][tiles][co_padded]
-  float* pooled;      // result [tiles][co_padded]: relu(max of the window's conv values + bias)
+  float* v;           // work space [(m+2)^2][tiles][ci_padded]
+  float* products;    // work space [(m+2)^2][tiles][co_padded]
+  // Result [tiles][(m/2)^2 windows, row by row][co_padded]: relu(max of the window + bias),
+  // for channels [co_begin, co_end).
+  float* pooled;
 };
 
 // Computes the tiles; false when it met a non-finite value (nothing usable in `pooled`).
 bool winograd_tiles_avx2(const WinogradTilesArgs& args);
 
-// The weight transform U = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], in double, of
-// one input channel for kWinogradCoBlock output channels at once: g[tap][channel] in,
-// u[tile position][channel] out (rounded to float once).
-void transform_weights_avx2(const float* g, float (&u)[16][kWinogradCoBlock]);
+// The weight transform U = G g G^T of F(m x m, 3x3), in double, of one input channel for
+// kWinogradCoBlock output channels at once: g[tap][channel] in; out, rounded to float once,
+// u[position * position_stride + channel] for the (m+2)^2 tile positions.
+void transform_weights_avx2(int m, const float* g, float* u, int64_t position_stride);
 
 }  // namespace simplecnn::cpu

@@ -1,4 +1,4 @@
-// Winograd F(2x2, 3x3) kernel for AVX2+FMA (see winograd.h for the method).
+// Winograd F(2x2, 3x3) and F(4x4, 3x3) kernels for AVX2+FMA (see winograd.h for the method).
 //
 // Like chunk_avx2.cpp this file is compiled for AVX2 through a target pragma, with everything
 // after it in an anonymous namespace.
@@ -7,6 +7,8 @@
 #if defined(__x86_64__)
 
 #include <immintrin.h>
+
+#include <algorithm>
 
 #include "avx2_helpers.h"
 
@@ -27,36 +29,76 @@ inline bool any_nan(__m256 check) {
 
 int64_t tiles(const WinogradTilesArgs& a) { return a.images * a.rows * a.cols; }
 
-// V = B^T d B for every tile, 8 input channels at a time, stored as v[16][tiles][ci_padded].
-// B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+// The 1-D transforms along one line of a tile, on 8 channels at once.
+// F(2, 3): B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], A^T = [1 1 1 0; 0 1 -1 -1].
+// F(4, 3) (Lavin & Gray's points 0, +-1, +-2):
+//   B^T = [4  0 -5  0 1 0;   A^T = [1 1  1 1  1 0;
+//          0 -4 -4  1 1 0;          0 1 -1 2 -2 0;
+//          0  4 -4 -1 1 0;          0 1  1 4  4 0;
+//          0 -2 -1  2 1 0;          0 1 -1 8 -8 1]
+//          0  2 -1 -2 1 0;
+//          0  4  0 -5 0 1]
+template <int M>
+inline void input_line(const __m256 (&d)[M + 2], __m256 (&t)[M + 2]) {
+  if constexpr (M == 2) {
+    t[0] = _mm256_sub_ps(d[0], d[2]);
+    t[1] = _mm256_add_ps(d[1], d[2]);
+    t[2] = _mm256_sub_ps(d[2], d[1]);
+    t[3] = _mm256_sub_ps(d[1], d[3]);
+  } else {
+    const __m256 four = _mm256_set1_ps(4.0f), five = _mm256_set1_ps(5.0f);
+    const __m256 two = _mm256_set1_ps(2.0f);
+    const __m256 d4_d2 = _mm256_sub_ps(d[4], d[2]), d3_d1 = _mm256_sub_ps(d[3], d[1]);
+    t[0] = _mm256_fnmadd_ps(five, d[2], _mm256_fmadd_ps(four, d[0], d[4]));
+    t[1] = _mm256_fnmadd_ps(four, _mm256_add_ps(d[1], d[2]), _mm256_add_ps(d[3], d[4]));
+    t[2] = _mm256_fmadd_ps(four, _mm256_sub_ps(d[1], d[2]), _mm256_sub_ps(d[4], d[3]));
+    t[3] = _mm256_fmadd_ps(two, d3_d1, d4_d2);
+    t[4] = _mm256_fnmadd_ps(two, d3_d1, d4_d2);
+    t[5] = _mm256_fnmadd_ps(five, d[3], _mm256_fmadd_ps(four, d[1], d[5]));
+  }
+}
+
+template <int M>
+inline void output_line(const __m256 (&m)[M + 2], __m256 (&y)[M]) {
+  if constexpr (M == 2) {
+    y[0] = _mm256_add_ps(_mm256_add_ps(m[0], m[1]), m[2]);
+    y[1] = _mm256_sub_ps(_mm256_sub_ps(m[1], m[2]), m[3]);
+  } else {
+    const __m256 sum12 = _mm256_add_ps(m[1], m[2]), diff12 = _mm256_sub_ps(m[1], m[2]);
+    const __m256 sum34 = _mm256_add_ps(m[3], m[4]), diff34 = _mm256_sub_ps(m[3], m[4]);
+    y[0] = _mm256_add_ps(_mm256_add_ps(m[0], sum12), sum34);
+    y[1] = _mm256_fmadd_ps(_mm256_set1_ps(2.0f), diff34, diff12);
+    y[2] = _mm256_fmadd_ps(_mm256_set1_ps(4.0f), sum34, sum12);
+    y[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0f), diff34, diff12), m[5]);
+  }
+}
+
+// V = B^T d B for every tile, 8 input channels at a time, stored as v[position][tiles][ci].
+template <int M>
 bool input_transform(const WinogradTilesArgs& a) {
+  constexpr int A = M + 2;  // input tile side
   const __m256 zero = _mm256_setzero_ps();
   __m256 check = zero;
   const int64_t plane = tiles(a) * a.ci_padded;  // floats per tile position in v
   for (int64_t t = 0; t < tiles(a); ++t) {
     const int64_t image = t / (a.rows * a.cols), row = (t / a.cols) % a.rows, col = t % a.cols;
-    // The 4x4 input tile starts at input row 2*py - 1, column 2*px - 1.
-    const float* tile = a.in + image * a.in_image_stride + 2 * row * a.in_row_stride +
-                        2 * col * a.ci_padded;
+    const float* tile = a.in + image * a.in_image_stride + M * row * a.in_row_stride +
+                        M * col * a.ci_padded;
     float* v = a.v + t * a.ci_padded;
     for (int64_t ci = 0; ci < a.ci_padded; ci += 8) {
-      __m256 s[4][4];  // B^T d
-      for (int j = 0; j < 4; ++j) {
-        const float* col = tile + j * a.ci_padded + ci;
-        const __m256 d0 = _mm256_loadu_ps(col);
-        const __m256 d1 = _mm256_loadu_ps(col + a.in_row_stride);
-        const __m256 d2 = _mm256_loadu_ps(col + 2 * a.in_row_stride);
-        const __m256 d3 = _mm256_loadu_ps(col + 3 * a.in_row_stride);
-        s[0][j] = _mm256_sub_ps(d0, d2);
-        s[1][j] = _mm256_add_ps(d1, d2);
-        s[2][j] = _mm256_sub_ps(d2, d1);
-        s[3][j] = _mm256_sub_ps(d1, d3);
+      __m256 s[A][A];  // B^T d, column by column
+      for (int j = 0; j < A; ++j) {
+        __m256 d[A], t_col[A];
+        for (int k = 0; k < A; ++k)
+          d[k] = _mm256_loadu_ps(tile + k * a.in_row_stride + j * a.ci_padded + ci);
+        input_line<M>(d, t_col);
+        for (int k = 0; k < A; ++k) s[k][j] = t_col[k];
       }
-      for (int i = 0; i < 4; ++i) {  // (B^T d) B
-        const __m256 out[4] = {_mm256_sub_ps(s[i][0], s[i][2]), _mm256_add_ps(s[i][1], s[i][2]),
-                               _mm256_sub_ps(s[i][2], s[i][1]), _mm256_sub_ps(s[i][1], s[i][3])};
-        for (int j = 0; j < 4; ++j) {
-          _mm256_storeu_ps(v + (i * 4 + j) * plane + ci, out[j]);
+      for (int i = 0; i < A; ++i) {  // (B^T d) B, row by row
+        __m256 out[A];
+        input_line<M>(s[i], out);
+        for (int j = 0; j < A; ++j) {
+          _mm256_storeu_ps(v + (i * A + j) * plane + ci, out[j]);
           check = _mm256_fmadd_ps(out[j], zero, check);
         }
       }
@@ -90,20 +132,19 @@ void gemm_tiles(const float* v, int64_t ci_padded, const float* u, float* m, int
   }
 }
 
-constexpr int kGemmRows = 6;
 using GemmTiles = void (*)(const float*, int64_t, const float*, float*, int64_t);
-constexpr GemmTiles kGemmTiles[kGemmRows] = {gemm_tiles<1>, gemm_tiles<2>, gemm_tiles<3>,
+constexpr GemmTiles kGemmTiles[kWinogradGemmRows] = {gemm_tiles<1>, gemm_tiles<2>, gemm_tiles<3>,
                                              gemm_tiles<4>, gemm_tiles<5>, gemm_tiles<6>};
 
 void multiply(const WinogradTilesArgs& a) {
   const int64_t co_blocks = a.co_padded / kWinogradCoBlock;
-  for (int p = 0; p < 16; ++p) {
+  for (int p = 0; p < (a.m + 2) * (a.m + 2); ++p) {
     const float* v = a.v + p * tiles(a) * a.ci_padded;
-    float* m = a.m + p * tiles(a) * a.co_padded;
-    for (int64_t b = 0; b < co_blocks; ++b) {
+    float* m = a.products + p * tiles(a) * a.co_padded;
+    for (int64_t b = a.co_begin / kWinogradCoBlock; b < a.co_end / kWinogradCoBlock; ++b) {
       const float* u = a.u + (p * co_blocks + b) * a.ci_padded * kWinogradCoBlock;
-      for (int64_t t = 0; t < tiles(a); t += kGemmRows) {
-        const int rows = static_cast<int>(tiles(a) - t < kGemmRows ? tiles(a) - t : kGemmRows);
+      for (int64_t t = 0; t < tiles(a); t += kWinogradGemmRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(kWinogradGemmRows, tiles(a) - t));
         kGemmTiles[rows - 1](v + t * a.ci_padded, a.ci_padded, u,
                              m + t * a.co_padded + b * kWinogradCoBlock, a.co_padded);
       }
@@ -111,69 +152,102 @@ void multiply(const WinogradTilesArgs& a) {
   }
 }
 
-// Y = A^T M A (A^T = [1 1 1 0; 0 1 -1 -1]) gives the window's four conv values (without bias);
-// then max over the window, bias, ReLU. False when any of the four conv values is not finite
-// (an overflow in the products or the sums, which the direct sums may not have): the direct
-// kernel then decides those windows.
+// Y = A^T M A gives the tile's conv values (without bias); then per pool window the max,
+// bias, ReLU. False when any conv value is not finite (an overflow in the products or the
+// sums, which the direct sums may not have): direct sums then decide those windows.
+template <int M>
 bool output_transform(const WinogradTilesArgs& a) {
+  constexpr int A = M + 2, W = M / 2;  // input tile side, pool windows per tile side
   const __m256 zero = _mm256_setzero_ps();
   __m256 check = zero;
   const int64_t plane = tiles(a) * a.co_padded;
   for (int64_t t = 0; t < tiles(a); ++t) {
-    const float* m = a.m + t * a.co_padded;
-    for (int64_t co = 0; co < a.co_padded; co += 8) {
-      __m256 r[2][4];  // A^T M
-      for (int j = 0; j < 4; ++j) {
-        const __m256 m0 = _mm256_loadu_ps(m + (0 * 4 + j) * plane + co);
-        const __m256 m1 = _mm256_loadu_ps(m + (1 * 4 + j) * plane + co);
-        const __m256 m2 = _mm256_loadu_ps(m + (2 * 4 + j) * plane + co);
-        const __m256 m3 = _mm256_loadu_ps(m + (3 * 4 + j) * plane + co);
-        r[0][j] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
-        r[1][j] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+    const float* m = a.products + t * a.co_padded;
+    float* pooled = a.pooled + t * W * W * a.co_padded;
+    for (int64_t co = a.co_begin; co < a.co_end; co += 8) {
+      __m256 r[M][A];  // A^T M, column by column
+      for (int j = 0; j < A; ++j) {
+        __m256 column[A], y[M];
+        for (int k = 0; k < A; ++k) column[k] = _mm256_loadu_ps(m + (k * A + j) * plane + co);
+        output_line<M>(column, y);
+        for (int i = 0; i < M; ++i) r[i][j] = y[i];
       }
-      __m256 window = _mm256_setzero_ps();
-      for (int i = 0; i < 2; ++i) {  // (A^T M) A
-        const __m256 y0 = _mm256_add_ps(_mm256_add_ps(r[i][0], r[i][1]), r[i][2]);
-        const __m256 y1 = _mm256_sub_ps(_mm256_sub_ps(r[i][1], r[i][2]), r[i][3]);
-        check = _mm256_fmadd_ps(y0, zero, _mm256_fmadd_ps(y1, zero, check));
-        const __m256 row_max = max_keep_nan(y0, y1);
-        window = i == 0 ? row_max : max_keep_nan(window, row_max);
+      __m256 y[M][M];  // (A^T M) A, row by row
+      for (int i = 0; i < M; ++i) {
+        output_line<M>(r[i], y[i]);
+        for (int j = 0; j < M; ++j) check = _mm256_fmadd_ps(y[i][j], zero, check);
       }
-      const __m256 out = relu_keep_nan(_mm256_add_ps(window, _mm256_loadu_ps(a.bias + co)));
-      _mm256_storeu_ps(a.pooled + t * a.co_padded + co, out);
+      const __m256 bias = _mm256_loadu_ps(a.bias + co);
+      for (int wy = 0; wy < W; ++wy)
+        for (int wx = 0; wx < W; ++wx) {
+          const __m256 top = max_keep_nan(y[2 * wy][2 * wx], y[2 * wy][2 * wx + 1]);
+          const __m256 bottom = max_keep_nan(y[2 * wy + 1][2 * wx], y[2 * wy + 1][2 * wx + 1]);
+          const __m256 window = max_keep_nan(top, bottom);
+          _mm256_storeu_ps(pooled + (wy * W + wx) * a.co_padded + co,
+                           relu_keep_nan(_mm256_add_ps(window, bias)));
+        }
     }
   }
   return !any_nan(check);
 }
 
+// One line of the weight transform, G t, in double for 16 output channels. G for F(2, 3):
+// [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]; for F(4, 3): [1/4 0 0; -1/6 -1/6 -1/6;
+// -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1], with the rows' shared terms formed
+// once. Plain loops over the channels, which GCC vectorizes.
+constexpr int kC = kWinogradCoBlock;
+template <int M>
+inline void weight_line(const double* t0, const double* t1, const double* t2,
+                        double (&out)[M + 2][kC]) {
+  for (int j = 0; j < kC; ++j) {
+    const double outer = t0[j] + t2[j];
+    out[0][j] = M == 2 ? t0[j] : t0[j] * (1.0 / 4);
+    out[M + 1][j] = t2[j];
+    if constexpr (M == 2) {
+      out[1][j] = 0.5 * (outer + t1[j]);
+      out[2][j] = 0.5 * (outer - t1[j]);
+    } else {
+      const double q = t0[j] * (1.0 / 24) + t2[j] * (1.0 / 6), r = t1[j] * (1.0 / 12);
+      out[1][j] = (outer + t1[j]) * (-1.0 / 6);
+      out[2][j] = (outer - t1[j]) * (-1.0 / 6);
+      out[3][j] = q + r;
+      out[4][j] = q - r;
+    }
+  }
+}
+
+// U = G g G^T: along the filter's rows, then its columns; rounded to float once.
+template <int M>
+void transform_weights(const float* g, float* u, int64_t position_stride) {
+  constexpr int A = M + 2;
+  double gd[9][kC], columns[3][A][kC], line[A][kC];  // g; G g per filter column
+  for (int k = 0; k < 9; ++k)
+    for (int j = 0; j < kC; ++j) gd[k][j] = g[k * kC + j];
+  for (int x = 0; x < 3; ++x) weight_line<M>(gd[x], gd[3 + x], gd[6 + x], columns[x]);
+  for (int y = 0; y < A; ++y) {  // (G g) G^T, row y
+    weight_line<M>(columns[0][y], columns[1][y], columns[2][y], line);
+    for (int x = 0; x < A; ++x)
+      for (int j = 0; j < kC; ++j)
+        u[(y * A + x) * position_stride + j] = static_cast<float>(line[x][j]);
+  }
+}
+
+template <int M>
+bool tiles_of(const WinogradTilesArgs& args) {
+  if (!input_transform<M>(args)) return false;
+  multiply(args);
+  return output_transform<M>(args);
+}
+
 }  // namespace
 
-void transform_weights_avx2(const float* g, float (&u)[16][kWinogradCoBlock]) {
-  // Plain loops over the channels, which GCC vectorizes (4 doubles per AVX2 register); the
-  // operations are those of the scalar formula, so U is the same to the bit.
-  double gd[9][kWinogradCoBlock], gg[4][3][kWinogradCoBlock];  // g, G g
-  for (int k = 0; k < 9; ++k)
-    for (int j = 0; j < kWinogradCoBlock; ++j) gd[k][j] = g[k * kWinogradCoBlock + j];
-  for (int x = 0; x < 3; ++x)
-    for (int j = 0; j < kWinogradCoBlock; ++j) {
-      gg[0][x][j] = gd[x][j];
-      gg[1][x][j] = 0.5 * (gd[x][j] + gd[3 + x][j] + gd[6 + x][j]);
-      gg[2][x][j] = 0.5 * (gd[x][j] - gd[3 + x][j] + gd[6 + x][j]);
-      gg[3][x][j] = gd[6 + x][j];
-    }
-  for (int y = 0; y < 4; ++y)  // (G g) G^T
-    for (int j = 0; j < kWinogradCoBlock; ++j) {
-      u[y * 4 + 0][j] = static_cast<float>(gg[y][0][j]);
-      u[y * 4 + 1][j] = static_cast<float>(0.5 * (gg[y][0][j] + gg[y][1][j] + gg[y][2][j]));
-      u[y * 4 + 2][j] = static_cast<float>(0.5 * (gg[y][0][j] - gg[y][1][j] + gg[y][2][j]));
-      u[y * 4 + 3][j] = static_cast<float>(gg[y][2][j]);
-    }
+void transform_weights_avx2(int m, const float* g, float* u, int64_t position_stride) {
+  if (m == 2) return transform_weights<2>(g, u, position_stride);
+  transform_weights<4>(g, u, position_stride);
 }
 
 bool winograd_tiles_avx2(const WinogradTilesArgs& args) {
-  if (!input_transform(args)) return false;
-  multiply(args);
-  return output_transform(args);
+  return args.m == 2 ? tiles_of<2>(args) : tiles_of<4>(args);
 }
 
 }  // namespace simplecnn::cpu
@@ -184,7 +258,7 @@ bool winograd_tiles_avx2(const WinogradTilesArgs& args) {
 
 namespace simplecnn::cpu {
 bool winograd_tiles_avx2(const WinogradTilesArgs&) { return false; }
-void transform_weights_avx2(const float*, float (&)[16][kWinogradCoBlock]) {}
+void transform_weights_avx2(int, const float*, float*, int64_t) {}
 }  // namespace simplecnn::cpu
 
 #endif
