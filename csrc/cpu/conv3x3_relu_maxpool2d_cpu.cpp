@@ -19,6 +19,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -137,6 +138,8 @@ Algorithm choose_algorithm(const at::Tensor& input, const at::Tensor& weight) {
 constexpr int64_t kWinograd2x2GroupTiles = 48;
 constexpr int64_t kWinograd4x4GroupTiles = 32;
 constexpr int64_t kCallOverheadTiles = 8;
+// Transformed weights larger than this are streamed to memory (transform_weights_avx2).
+constexpr int64_t kStreamedWeightBytes = 4 << 20;
 
 // One call of the op: shapes, weights and the output, and the three ways to compute pooled
 // windows (direct, Winograd, implicit GEMM).
@@ -439,19 +442,18 @@ class FusedForward {
   void transform_weights(const at::Tensor& weight) {
     const int m = winograd_m();
     const int64_t ci_p = wino_ci(), co_p = wino_co(), blocks = co_p / kWinogradCoBlock;
-    u_.reset(new float[(m + 2) * (m + 2) * co_p * ci_p]);  // every value is written below
+    u_.reset(new (std::align_val_t{64}) float[(m + 2) * (m + 2) * co_p * ci_p]);
     wino_bias_ = padded_bias(co_p);
     const int64_t plane = blocks * ci_p * kWinogradCoBlock;  // floats per tile position
+    const bool stream = (m + 2) * (m + 2) * plane * int64_t(sizeof(float)) > kStreamedWeightBytes;
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      // The block's weights as [ci_padded][tap][16] floats (pack_gemm_block), then per input
-      // channel the 16 output channels' lines of every position.
+      // The block's weights as [ci_padded][tap][16] floats (pack_gemm_block), transformed.
       std::vector<float> g(ci_p * 9 * kWinogradCoBlock);
       for (int64_t b = begin; b < end; ++b) {
         pack_gemm_block(weight, b, g.data());
         std::fill(g.begin() + C_in_ * 9 * kWinogradCoBlock, g.end(), 0.0f);  // padding: 0
-        for (int64_t ci = 0; ci < ci_p; ++ci)
-          transform_weights_avx2(m, g.data() + ci * 9 * kWinogradCoBlock,
-                                 u_.get() + (b * ci_p + ci) * kWinogradCoBlock, plane);
+        transform_weights_avx2(m, g.data(), ci_p, u_.get() + b * ci_p * kWinogradCoBlock, plane,
+                               stream);
       }
     });
   }
@@ -471,7 +473,10 @@ class FusedForward {
   std::once_flag gemm_once_;
   std::unique_ptr<float[]> gemm_weights_;  // implicit GEMM
   std::vector<float> gemm_bias_;
-  std::unique_ptr<float[]> u_;  // Winograd kernel
+  struct AlignedDelete {
+    void operator()(float* p) const { ::operator delete[](p, std::align_val_t{64}); }
+  };
+  std::unique_ptr<float[], AlignedDelete> u_;  // Winograd kernel, 64-byte aligned
   std::vector<float> wino_bias_;
 };
 

@@ -217,7 +217,7 @@ inline void weight_line(const double* t0, const double* t1, const double* t2,
 }
 
 // U = G g G^T: along the filter's rows, then its columns; rounded to float once.
-template <int M>
+template <int M, bool kStream>
 void transform_weights(const float* g, float* u, int64_t position_stride) {
   constexpr int A = M + 2;
   double gd[9][kC], columns[3][A][kC], line[A][kC];  // g; G g per filter column
@@ -226,9 +226,19 @@ void transform_weights(const float* g, float* u, int64_t position_stride) {
   for (int x = 0; x < 3; ++x) weight_line<M>(gd[x], gd[3 + x], gd[6 + x], columns[x]);
   for (int y = 0; y < A; ++y) {  // (G g) G^T, row y
     weight_line<M>(columns[0][y], columns[1][y], columns[2][y], line);
-    for (int x = 0; x < A; ++x)
-      for (int j = 0; j < kC; ++j)
-        u[(y * A + x) * position_stride + j] = static_cast<float>(line[x][j]);
+    for (int x = 0; x < A; ++x) {
+      float* dst = u + (y * A + x) * position_stride;
+      for (int j = 0; j < kC; j += 8) {
+        const __m256 lo = _mm256_castps128_ps256(_mm256_cvtpd_ps(_mm256_loadu_pd(&line[x][j])));
+        const __m128 hi = _mm256_cvtpd_ps(_mm256_loadu_pd(&line[x][j + 4]));
+        const __m256 line8 = _mm256_insertf128_ps(lo, hi, 1);
+        if constexpr (kStream) {
+          _mm256_stream_ps(dst + j, line8);
+        } else {
+          _mm256_storeu_ps(dst + j, line8);
+        }
+      }
+    }
   }
 }
 
@@ -241,9 +251,15 @@ bool tiles_of(const WinogradTilesArgs& args) {
 
 }  // namespace
 
-void transform_weights_avx2(int m, const float* g, float* u, int64_t position_stride) {
-  if (m == 2) return transform_weights<2>(g, u, position_stride);
-  transform_weights<4>(g, u, position_stride);
+void transform_weights_avx2(int m, const float* g, int64_t channels, float* u,
+                            int64_t position_stride, bool stream) {
+  using Transform = void (*)(const float*, float*, int64_t);
+  const Transform transform =
+      m == 2 ? (stream ? transform_weights<2, true> : transform_weights<2, false>)
+             : (stream ? transform_weights<4, true> : transform_weights<4, false>);
+  for (int64_t ci = 0; ci < channels; ++ci)
+    transform(g + ci * 9 * kC, u + ci * kC, position_stride);
+  if (stream) _mm_sfence();  // the streamed stores are visible before the GEMMs read U
 }
 
 bool winograd_tiles_avx2(const WinogradTilesArgs& args) {
@@ -258,7 +274,7 @@ bool winograd_tiles_avx2(const WinogradTilesArgs& args) {
 
 namespace simplecnn::cpu {
 bool winograd_tiles_avx2(const WinogradTilesArgs&) { return false; }
-void transform_weights_avx2(int, const float*, float*, int64_t) {}
+void transform_weights_avx2(int, const float*, int64_t, float*, int64_t, bool) {}
 }  // namespace simplecnn::cpu
 
 #endif
