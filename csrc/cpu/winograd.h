@@ -9,8 +9,8 @@
 // Rounding: the products are of transformed values (sums and differences of up to 36 inputs
 // and 9 weights, scaled by up to 25 and 1/36), so the float32 error, in units of
 // eps * sum |w| |x|, is larger than the direct one: on random data about the direct error for
-// F(2x2) and about 15x it for F(4x4) (still ~1e-6 of sum |w| |x|); on adversarial data
-// (mixed-scale channels, one dominant tap) more (README "Precision", bench/precision.py).
+// F(2x2) and about 8x it for F(4x4) (~1.5e-6 of sum |w| |x|); on adversarial data (mixed-scale
+// channels, one dominant tap) up to 3x and 70x it (README "Precision", bench/precision.py).
 // SIMPLECNN_CPU_WINOGRAD=2x2 keeps to F(2x2); =0 turns Winograd off.
 //
 // The transforms subtract values, so inf - inf can give NaN where the direct sum gives +-inf.
