@@ -242,12 +242,14 @@ WINOGRAD_2X2_SHAPES = [
     (4, 17, 20, 9, 11),  # C_in not a multiple of 8, C_out not of 16, odd H and W
     (3, 32, 48, 6, 40),  # several images and rows per call, a long row
     (20, 24, 16, 4, 4),  # 2x2 windows per image: whole images per call
+    (4, 256, 272, 8, 8),  # 4.5 MB of transformed weights: streamed past the caches
 ]
 WINOGRAD_4X4_SHAPES = [
     (1, 64, 64, 32, 32),
     (4, 17, 20, 31, 27),  # 15x13 windows: tiles past the last row and column; odd channels
     (64, 24, 16, 4, 4),  # one tile per image: whole images per call
     (2, 16, 40, 34, 18),  # tile rows of one image per call, 3 output blocks
+    (4, 192, 160, 16, 16),  # 4.4 MB of transformed weights: streamed past the caches
 ]
 
 
