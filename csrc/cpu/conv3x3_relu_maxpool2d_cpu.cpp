@@ -133,8 +133,9 @@ Algorithm choose_algorithm(const at::Tensor& input, const at::Tensor& weight) {
 }
 
 // Winograd work items: at most this many tiles per call (GEMM rows; measured best, larger
-// groups' work space leaves L2), and the cost of a call beyond its tiles (staging, streaming
-// the transformed weights), in tiles. The GEMM takes its rows kWinogradGemmRows at a time.
+// groups' work space leaves L2), or one row of tiles where a row has more, and the cost of a
+// call beyond its tiles (staging, streaming the transformed weights), in tiles. The GEMM takes
+// its rows kWinogradGemmRows at a time.
 constexpr int64_t kWinograd2x2GroupTiles = 48;
 constexpr int64_t kWinograd4x4GroupTiles = 32;
 constexpr int64_t kCallOverheadTiles = 8;
@@ -278,12 +279,13 @@ class FusedForward {
                              ceil_div(blocks, s);
         if (cost < best) best = cost, images = i, rows = r, splits = s;
       };
-      for (int64_t s = 1; s <= std::min<int64_t>(blocks, 2 * threads); s *= 2) {
+      for (int64_t parts = 1; parts <= std::min<int64_t>(blocks, 2 * threads); parts *= 2) {
+        const int64_t s = ceil_div(blocks, ceil_div(blocks, parts));  // no item without blocks
         if (per_image >= max_tiles) {
-          for (int64_t r = std::min(tiles_h, ceil_div(max_tiles, tiles_w)); r >= 1; --r)
+          for (int64_t r = std::clamp<int64_t>(max_tiles / tiles_w, 1, tiles_h); r >= 1; --r)
             consider(1, r, s);
         } else {
-          for (int64_t i = std::min(N_, ceil_div(max_tiles, per_image)); i >= 1; --i)
+          for (int64_t i = std::min(N_, max_tiles / per_image); i >= 1; --i)
             consider(i, tiles_h, s);
         }
       }
@@ -373,8 +375,9 @@ class FusedForward {
     const int64_t rows = std::clamp<int64_t>(
         kStagedBudget / (2 * cols * C_in_ * int64_t(sizeof(float))) - 1, 1, Ho_);
     const int64_t row_blocks = ceil_div(Ho_, rows);
-    const int64_t splits = std::min(blocks, ceil_div(4 * at::get_num_threads(), N_ * row_blocks));
-    const int64_t blocks_per_item = ceil_div(blocks, splits);
+    const int64_t blocks_per_item =
+        ceil_div(blocks, std::min(blocks, ceil_div(4 * at::get_num_threads(), N_ * row_blocks)));
+    const int64_t splits = ceil_div(blocks, blocks_per_item);  // no item without blocks
     gemm_weights();  // before the threads start
     at::parallel_for(0, N_ * row_blocks * splits, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> staged((2 * rows + 2) * cols * C_in_);
@@ -522,8 +525,8 @@ at::Tensor fused_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
 TORCH_LIBRARY_FRAGMENT(simplecnn, m) {
   // Which CPU micro-kernel this process uses ("avx2" or "generic"), for tests and benchmarks.
   m.def("_cpu_kernel() -> str", &simplecnn::cpu::cpu_kernel_name);
-  // Which algorithm the CPU kernel picks for these arguments ("direct", "winograd" or
-  // "implicit_gemm").
+  // Which algorithm the CPU kernel picks for these arguments ("direct", "winograd_4x4",
+  // "winograd_2x2" or "implicit_gemm").
   m.def("_cpu_algorithm(Tensor input, Tensor weight) -> str");
 }
 

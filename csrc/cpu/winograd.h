@@ -15,8 +15,8 @@
 //
 // The transforms subtract values, so inf - inf can give NaN where the direct sum gives +-inf.
 // A call therefore reports any non-finite transformed value (or a non-finite conv value), and
-// the caller recomputes those windows with direct sums (the implicit GEMM): results, NaN and Inf
-// included, stay those of the stock path.
+// the caller recomputes all of the call's windows with direct sums (the implicit GEMM):
+// results, NaN and Inf included, stay those of the stock path.
 #pragma once
 
 #include <cstdint>

@@ -138,8 +138,8 @@ using GemmTiles = void (*)(const float*, int64_t, const float*, float*, int64_t,
 constexpr GemmTiles kGemmTiles[kWinogradGemmRows] = {gemm_tiles<1>, gemm_tiles<2>, gemm_tiles<3>,
                                              gemm_tiles<4>, gemm_tiles<5>, gemm_tiles<6>};
 
-// Rows of the next GEMM call when `left` tiles remain: 6, but 7 to 9 go as 3 to 5 and 4, as
-// calls of fewer than 4 rows have too few FMA chains (gemm_tiles<2>: 4 of the 8 needed).
+// Rows of the next GEMM call when `left` tiles remain: 6, but 7 to 9 go as 3 to 5 and 4, not
+// as 6 and 1 to 3: a call of R rows keeps 2R FMA chains busy, of the 8 the two FMA units need.
 int gemm_rows(int64_t left) {
   if (left > kWinogradGemmRows && left < kWinogradGemmRows + 4) return static_cast<int>(left - 4);
   return static_cast<int>(std::min<int64_t>(kWinogradGemmRows, left));
@@ -155,9 +155,10 @@ void multiply(const WinogradTilesArgs& a) {
       const float* u = a.u + (p * co_blocks + b) * a.ci_padded * kWinogradCoBlock;
       for (int64_t t = 0, rows; t < tiles(a); t += rows) {
         rows = gemm_rows(tiles(a) - t);
-        // The first call of a block fetches the next block's weights (the next block or
-        // position: U lies in that order) into L1 while it works: from 60 to 96 GFLOP/s per
-        // core at 256 -> 256 channels, where U is read from memory.
+        // The first call of a block fetches the weights that follow in U (the next block, or
+        // the next position's first; wasted only at the end of a channel range) into L1 while
+        // it works: from 60 to 96 GFLOP/s per core at 256 -> 256 channels, where U is read from
+        // memory. The block's other calls prefetch its own lines, already in L1.
         const bool last = p == positions - 1 && b == co_blocks - 1;
         const float* next_u = t == 0 && !last ? u + a.ci_padded * kWinogradCoBlock : u;
         kGemmTiles[rows - 1](v + t * a.ci_padded, a.ci_padded, u,
