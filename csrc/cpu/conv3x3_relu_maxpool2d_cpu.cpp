@@ -398,7 +398,7 @@ class FusedForward {
   // `cols` columns of `col_stride` floats; `partial` has room for rows x Wo x 4 x 16 floats.
   void implicit_gemm_rows(const float* staged, int64_t cols, int64_t col_stride, int64_t n,
                           int64_t py0, int64_t rows, int64_t b0, int64_t b1, float* partial) {
-    const float* weights = gemm_weights().get();
+    const float* weights = gemm_weights();
     float pooled[kGemmCoBlock];
     for (int64_t b = b0; b < b1; ++b)
       for (int64_t c0 = 0; c0 < C_in_; c0 += kGemmCiBlock) {
@@ -426,7 +426,7 @@ class FusedForward {
   // The implicit GEMM's packed weights and padded bias, made by whichever thread first needs
   // them (the Winograd path needs them only to redo windows with non-finite values). Every
   // packed value is written: no zero-filling 4.7 MB first (256 -> 512 channels).
-  const std::unique_ptr<float[]>& gemm_weights() {
+  const float* gemm_weights() {
     std::call_once(gemm_once_, [&] {
       const int64_t blocks = ceil_div(C_out_, kGemmCoBlock);
       gemm_weights_.reset(new float[blocks * kGemmCoBlock * 9 * C_in_]);
@@ -436,7 +436,7 @@ class FusedForward {
           pack_gemm_block(weight_, b, gemm_weights_.get() + b * 9 * C_in_ * kGemmCoBlock);
       });
     });
-    return gemm_weights_;
+    return gemm_weights_.get();
   }
 
   // U = G g G^T per (co, ci) (transform_weights_avx2), stored as
