@@ -5,8 +5,9 @@ sum |w| |x| + |b| (the bound of any summation order; tests/checks.py) and eps th
 roundoff (2^-24 for float32). Cases: random data, and inputs built to stress Winograd's
 transforms (channels of scales 1e-3 .. 1e3, one filter tap 1000x the others).
 
-    python bench/precision.py                            # as the op runs by default
-    SIMPLECNN_CPU_WINOGRAD=0 python bench/precision.py   # the CPU kernel's direct sums only
+    python bench/precision.py                              # as the op runs by default
+    SIMPLECNN_CPU_WINOGRAD=2x2 python bench/precision.py   # Winograd kept to F(2x2, 3x3)
+    SIMPLECNN_CPU_WINOGRAD=0 python bench/precision.py     # the CPU kernel's direct sums only
 """
 
 from __future__ import annotations
