@@ -13,7 +13,7 @@ BENCH_ARGS ?=
 # GPU architectures for the CUDA kernel (Ampere and Hopper, PTX for newer): override as needed.
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 
-SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
+SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cpu/vec/*.h csrc/cuda/*.cpp csrc/cuda/*.h csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
 
 .PHONY: test bench bench-pytest build lint clean
 

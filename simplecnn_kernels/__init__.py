@@ -11,7 +11,14 @@ Importing the package registers ``torch.ops.simplecnn.conv3x3_relu_maxpool2d``.
 
 from .fuse import fuse
 from .models import CifarVGG, Conv3x3ReLUMaxPool2d, FusedSimpleCNN, SimpleCNN
-from .ops import BACKENDS, available_backends, conv3x3_relu_maxpool2d
+from .ops import (
+    BACKENDS,
+    available_backends,
+    conv3x3_relu_maxpool2d,
+    cpu_capabilities,
+    cpu_capability,
+    forced_cpu_capability,
+)
 
 __version__ = "0.1.0"
 
@@ -23,5 +30,8 @@ __all__ = [
     "SimpleCNN",
     "available_backends",
     "conv3x3_relu_maxpool2d",
+    "cpu_capabilities",
+    "cpu_capability",
+    "forced_cpu_capability",
     "fuse",
 ]

@@ -15,6 +15,7 @@ when built) and ``"reference"`` (the stock PyTorch composition).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import warnings
@@ -184,6 +185,31 @@ def available_backends() -> list[str]:
     """The backends that can run on this machine (on float32 tensors of one of its devices)."""
     devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
     return [b for b in BACKENDS if any(b in backends_for(d) for d in devices)]
+
+
+def cpu_capability() -> str:
+    """The instruction-set level the CPU kernels run at now: ``"avx512"``, ``"avx2"`` or
+    ``"generic"``. The best this CPU (and its OS) supports, unless the environment variable
+    ``SIMPLECNN_CPU_CAPABILITY`` (read at the first CPU call) names a lower one."""
+    return torch.ops.simplecnn._cpu_capability()
+
+
+def cpu_capabilities() -> list[str]:
+    """Every level this CPU can run, best first (``"generic"`` last)."""
+    return list(torch.ops.simplecnn._cpu_capabilities())
+
+
+@contextlib.contextmanager
+def forced_cpu_capability(level: str):
+    """Runs the CPU kernels at ``level`` inside the block (for tests and benchmarks that compare
+    levels in one process); a level this CPU lacks raises a RuntimeError naming the ones it has.
+    Not thread-safe: the level is process-wide."""
+    saved = cpu_capability()
+    torch.ops.simplecnn._set_cpu_capability(level)
+    try:
+        yield
+    finally:
+        torch.ops.simplecnn._set_cpu_capability(saved)
 
 
 def _reference(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

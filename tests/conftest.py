@@ -15,14 +15,47 @@ import simplecnn_kernels as sk  # noqa: E402
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
 
+# The CPU kernels' instruction-set levels this machine runs, best first: tests of the CPU
+# backend run on each (the `cpu_level` mark below), so the AVX2 and generic kernels stay tested
+# on an AVX-512 machine.
+CPU_LEVELS = sk.cpu_capabilities()
+
+
+def cpu_levels(levels=None):
+    """One pytest param per CPU level (all this machine runs, or those of `levels` it runs),
+    marked so that the test runs with the CPU kernels forced to that level."""
+    return [
+        pytest.param(level, id=level, marks=pytest.mark.cpu_level(level))
+        for level in CPU_LEVELS
+        if levels is None or level in levels
+    ]
+
+
 def device_backends():
-    """(device, backend) pairs for every compiled/JIT backend that runs here. CPU backends
-    always; CUDA ones only on a GPU machine (the Triton interpreter, too slow for these shapes,
-    has its own tests in test_triton.py)."""
-    pairs = [("cpu", "cpu")]
-    if HAS_CUDA:
-        pairs += [("cuda", b) for b in ("triton", "cuda") if b in sk.available_backends()]
-    return pairs
+    """(device, backend) pairs for every compiled/JIT backend that runs here: the CPU backend
+    on every CPU level; CUDA ones only on a GPU machine (the Triton interpreter, too slow for
+    these shapes, has its own tests in test_triton.py)."""
+    pairs = [
+        pytest.param("cpu", "cpu", id=f"cpu-{level}", marks=pytest.mark.cpu_level(level))
+        for level in CPU_LEVELS
+    ]
+    return pairs + [("cuda", b) for b in cuda_backends()]
+
+
+def cuda_backends():
+    """The CUDA backends that run here (none without a GPU)."""
+    return [b for b in ("triton", "cuda") if HAS_CUDA and b in sk.available_backends()]
+
+
+@pytest.fixture(autouse=True)
+def _forced_cpu_level(request):
+    # Tests marked cpu_level(level) run with the CPU kernels at that level.
+    mark = request.node.get_closest_marker("cpu_level")
+    if mark is None:
+        yield
+        return
+    with sk.forced_cpu_capability(mark.args[0]):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from checks import make_inputs, stock
-from conftest import device_backends
+from conftest import cpu_levels, device_backends
 
 import simplecnn_kernels as sk
 from simplecnn_kernels.ops import backends_for
@@ -150,9 +150,10 @@ def test_infinities_at_the_edges_give_the_stock_nan_pattern(device, backend, sha
     _assert_grads_close(ours, _stock_grads(x, w, b, grad_out), dtype)
 
 
+@pytest.mark.parametrize("level", cpu_levels())
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("c_in", [3, 16], ids=["fused", "conv-grad"])
-def test_low_precision_routes_by_the_stored_conv_values(dtype, c_in):
+def test_low_precision_routes_by_the_stored_conv_values(dtype, c_in, level):
     # Stock picks each window's max among conv values rounded to the dtype, where two values
     # that differ in float32 may tie. The fused backward routes the same, window for window.
     x, w, b = make_inputs(4, c_in, 18, 32, 32, dtype=dtype)

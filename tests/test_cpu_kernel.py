@@ -1,4 +1,5 @@
-"""The CPU kernel's two code paths and the AVX2 kernel's register allocation."""
+"""The CPU kernel: its instruction-set levels, its algorithms (direct, Winograd, implicit GEMM)
+and the register allocation of its SIMD micro-kernels."""
 
 import os
 import re
@@ -9,6 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cpu_levels
+
+import simplecnn_kernels as sk
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,11 +26,77 @@ def _cpu_flags():
     return set(match.group(1).split()) if match else set()
 
 
-@pytest.mark.skipif(not {"avx2", "fma"} <= _cpu_flags(), reason="CPU lacks AVX2+FMA")
-def test_avx2_kernel_is_used_where_the_cpu_has_it():
-    import simplecnn_kernels  # noqa: F401
+def _expected_levels():
+    """The levels /proc/cpuinfo says this CPU runs (the kernel's own check is CPUID + XGETBV;
+    the kernel lists the flags only when the OS enabled their registers)."""
+    flags = _cpu_flags()
+    levels = []
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c"} <= flags:
+        levels.append("avx512")
+    if {"avx2", "fma", "f16c"} <= flags:
+        levels.append("avx2")
+    return levels + ["generic"]
 
-    assert torch.ops.simplecnn._cpu_kernel() == "avx2"
+
+def test_the_best_level_the_cpu_runs_is_the_default():
+    assert sk.cpu_capabilities() == _expected_levels()
+    # The suite may force levels; a fresh process takes the best.
+    _run_with_env(
+        "import simplecnn_kernels as sk; assert sk.cpu_capability() == sk.cpu_capabilities()[0];"
+        " print('ok')"
+    )
+
+
+@pytest.mark.parametrize("level", ["avx512", "avx2", "generic"])
+def test_environment_forces_a_level_or_names_what_the_cpu_has(level):
+    script = f"""
+import torch
+import simplecnn_kernels as sk
+from checks import make_inputs
+x, w, b = make_inputs(2, 3, 8, 8, 8)
+try:
+    sk.conv3x3_relu_maxpool2d(x, w, b)
+except RuntimeError as error:
+    assert "{level}" not in sk.cpu_capabilities(), error
+    assert "SIMPLECNN_CPU_CAPABILITY='{level}': this CPU cannot run it" in str(error), error
+    assert ", ".join(sk.cpu_capabilities()) in str(error), error
+else:
+    assert sk.cpu_capability() == "{level}"
+    assert torch.ops.simplecnn._cpu_algorithm(x, w) == "direct/{level}"
+print("ok")
+"""
+    _run_with_env(script, SIMPLECNN_CPU_CAPABILITY=level)
+
+
+def test_an_unknown_level_is_an_error():
+    script = """
+import simplecnn_kernels as sk
+from checks import make_inputs
+try:
+    sk.conv3x3_relu_maxpool2d(*make_inputs(2, 3, 8, 8, 8))
+except RuntimeError as error:
+    assert "'avx1024': not a CPU capability level; this CPU runs: " in str(error), error
+    print("ok")
+"""
+    _run_with_env(script, SIMPLECNN_CPU_CAPABILITY="avx1024")
+    with (
+        pytest.raises(RuntimeError, match="not a CPU capability level; this CPU runs: "),
+        sk.forced_cpu_capability("sse9"),
+    ):
+        pass
+
+
+@pytest.mark.parametrize("level", cpu_levels())
+def test_forcing_a_level_in_process(level):
+    from checks import assert_matches_reference, make_inputs
+
+    before = sk.cpu_capability()
+    with sk.forced_cpu_capability(level):
+        assert sk.cpu_capability() == level
+        x, w, b = make_inputs(3, 5, 13, 9, 37)
+        assert torch.ops.simplecnn._cpu_algorithm(x, w) == f"direct/{level}"
+        assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b), x, w, b)
+    assert sk.cpu_capability() == before
 
 
 GENERIC_CHECK = """
@@ -34,7 +104,7 @@ import torch
 from checks import assert_matches_reference, make_inputs
 import simplecnn_kernels as sk
 
-assert torch.ops.simplecnn._cpu_kernel() == "generic"
+assert sk.cpu_capability() == "generic"
 torch.manual_seed(0)
 for shape in [(2, 3, 18, 32, 32), (3, 5, 7, 9, 13), (2, 3, 20, 17, 35), (1, 16, 5, 6, 2)]:
     for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
@@ -76,9 +146,9 @@ def test_generic_kernel_matches_stock():
     _run_with_env(GENERIC_CHECK, SIMPLECNN_CPU_CAPABILITY="generic")
 
 
-def _ymm_stack_accesses(disassembly: str, function: str) -> tuple[int, int]:
-    """(FMA count, ymm loads/stores on the stack between its first and last FMA, the hot loop)
-    in `function`'s disassembly."""
+def _vector_stack_accesses(disassembly: str, function: str) -> tuple[int, int]:
+    """(FMA count, ymm/zmm loads/stores on the stack between its first and last FMA, the hot
+    loop) in `function`'s disassembly."""
     blocks = disassembly.split("\n\n")
     body = next(
         (blk for blk in blocks if re.match(rf"[0-9a-f]+ <.*{re.escape(function)}\(", blk)), None
@@ -88,7 +158,7 @@ def _ymm_stack_accesses(disassembly: str, function: str) -> tuple[int, int]:
     fma_lines = [i for i, line in enumerate(lines) if "vfmadd" in line]
     hot = lines[fma_lines[0] : fma_lines[-1] + 1] if fma_lines else []
     spills = sum(
-        bool(re.search(r"ymm.*\((%rsp|%rbp)\)|\((%rsp|%rbp)\).*ymm", line)) for line in hot
+        bool(re.search(r"[yz]mm.*\((%rsp|%rbp)\)|\((%rsp|%rbp)\).*[yz]mm", line)) for line in hot
     )
     return len(fma_lines), spills
 
@@ -115,41 +185,50 @@ needs_toolchain = pytest.mark.skipif(
 
 
 @needs_toolchain
-def test_avx2_kernels_keep_their_accumulators_in_registers(tmp_path):
+def test_simd_kernels_keep_their_accumulators_in_registers(tmp_path):
     # A regression check on what GCC emits (compiled as setup.py does, -O3): every FMA is there
-    # and the accumulators are not spilled. Before the unroll pragmas in chunk_avx2.cpp GCC kept
-    # them on the stack (40 ymm stack accesses for CO = 3) and ran ~10% slower.
-    direct = _disassemble("csrc/cpu/chunk_avx2.cpp", tmp_path)
-    for co in (1, 2, 3):
-        fmas, spills = _ymm_stack_accesses(direct, f"chunk_avx2<{co}>")
-        assert fmas == 36 * co, f"chunk_avx2<{co}>: {fmas} FMAs, expected {36 * co}"
-        assert spills <= 2, f"chunk_avx2<{co}>: {spills} ymm stack accesses"
+    # and the accumulators are not spilled. Before the unroll pragmas in direct_kernel.h GCC kept
+    # them on the stack (40 ymm stack accesses for 3 channels) and ran ~10% slower.
+    for level, max_co in [("avx2", 3), ("avx512", 6)]:
+        direct = _disassemble(f"csrc/cpu/kernels_{level}.cpp", tmp_path)
+        for co in range(1, max_co + 1):
+            name = f"{level}::direct_chunk<float, {co}, 2>"
+            fmas, spills = _vector_stack_accesses(direct, name)
+            assert fmas == 36 * co, f"{name}: {fmas} FMAs, expected {36 * co}"
+            assert spills <= 2 if co > 1 else spills <= 4, f"{name}: {spills} stack accesses"
     winograd = _disassemble("csrc/cpu/winograd_avx2.cpp", tmp_path)
     for rows in (1, 6):
-        fmas, spills = _ymm_stack_accesses(winograd, f"gemm_tiles<{rows}>")
+        fmas, spills = _vector_stack_accesses(winograd, f"gemm_tiles<{rows}>")
         assert fmas == 2 * rows, f"gemm_tiles<{rows}>: {fmas} FMAs, expected {2 * rows}"
         assert spills == 0, f"gemm_tiles<{rows}>: {spills} ymm stack accesses"
     implicit_gemm = _disassemble("csrc/cpu/implicit_gemm_avx2.cpp", tmp_path)
-    fmas, spills = _ymm_stack_accesses(implicit_gemm, "window_gemm_avx2")
+    fmas, spills = _vector_stack_accesses(implicit_gemm, "window_gemm_avx2")
     assert fmas == 8, f"window_gemm_avx2: {fmas} FMAs, expected 8"
     assert spills == 0, f"window_gemm_avx2: {spills} ymm stack accesses"
 
 
 # --- the Winograd path (wide layers) -----------------------------------------------------------
 
-needs_avx2 = pytest.mark.skipif(not {"avx2", "fma"} <= _cpu_flags(), reason="CPU lacks AVX2+FMA")
+# The levels with wide-layer kernels (Winograd, implicit GEMM); generic runs the direct kernel.
+simd_levels = pytest.mark.parametrize("level", cpu_levels(["avx512", "avx2"]))
 
 
 def _algorithm(x, w):
-    return torch.ops.simplecnn._cpu_algorithm(x, w)
+    """The algorithm the CPU kernel takes for x and w, without the level of its kernel."""
+    return torch.ops.simplecnn._cpu_algorithm(x, w).split("/")[0]
 
 
-@needs_avx2
-def test_algorithm_choice():
+@simd_levels
+def test_algorithm_choice(level):
     from checks import make_inputs
 
     wide = make_inputs(1, 64, 64, 16, 16)
     assert _algorithm(*wide[:2]) == "winograd_2x2"  # 16 4x4 tiles: too few for F(4x4)
+    # The Winograd and implicit-GEMM kernels of both levels are AVX2's so far.
+    assert torch.ops.simplecnn._cpu_algorithm(*wide[:2]) == "winograd_2x2/avx2"
+    assert torch.ops.simplecnn._cpu_algorithm(*make_inputs(2, 3, 18, 32, 32)[:2]) == (
+        f"direct/{level}"
+    )
     assert _algorithm(*make_inputs(1, 64, 64, 32, 32)[:2]) == "winograd_4x4"  # 64 tiles
     assert _algorithm(*make_inputs(16, 16, 16, 14, 14)[:2]) == "winograd_4x4"  # 7x7 windows
     # 5x5 windows per image: 3x3 tiles of 4x4 do 19% less GEMM work than 25 of 2x2 (9 x 36
@@ -161,7 +240,9 @@ def test_algorithm_choice():
     assert _algorithm(*make_inputs(1, 64, 64, 8, 8)[:2]) == "implicit_gemm"
     assert _algorithm(*make_inputs(1, 64, 64, 14, 8)[:2]) == "implicit_gemm"
     assert _algorithm(*make_inputs(1, 64, 64, 4, 14)[:2]) == "implicit_gemm"
-    assert _algorithm(*make_inputs(1, 64, 64, 4, 16)[:2]) == "direct"
+    # 8 pooled columns fill AVX2's 16-column chunks, half of AVX-512's 32.
+    eight_pooled_columns = "implicit_gemm" if level == "avx512" else "direct"
+    assert _algorithm(*make_inputs(1, 64, 64, 4, 16)[:2]) == eight_pooled_columns
     assert _algorithm(*make_inputs(1, 64, 64, 2, 33)[:2]) == "direct"  # 32 of 32 columns
     assert _algorithm(*make_inputs(1, 15, 64, 4, 4)[:2]) == "direct"  # narrow layer
     x, w, _ = make_inputs(2, 64, 64, 16, 16, dtype=torch.float64)
@@ -170,7 +251,8 @@ def test_algorithm_choice():
                           (torch.bfloat16, "contiguous"), (torch.float16, "strided")]:  # fmt: skip
         x, w, _ = make_inputs(1, 64, 64, 16, 16, dtype=dtype, layout=layout)
         w[3, 5, 1, 1] = float("inf")
-        assert _algorithm(x, w) == "direct", (dtype, layout)  # the transform: inf - inf = NaN
+        # Not Winograd: its transform would give inf - inf = NaN.
+        assert _algorithm(x, w) == eight_pooled_columns, (dtype, layout)
     x, w, _ = make_inputs(16, 64, 64, 8, 8)
     assert _algorithm(x, w) == "winograd_4x4"
     w[3, 5, 1, 1] = float("inf")
@@ -185,8 +267,8 @@ IMPLICIT_GEMM_SHAPES = [
 ]
 
 
-@needs_avx2
-def test_implicit_gemm_on_a_tall_image_stages_blocks_of_rows():
+@simd_levels
+def test_implicit_gemm_on_a_tall_image_stages_blocks_of_rows(level):
     # An infinite weight keeps this many windows off Winograd; the image is staged in 3 blocks
     # of pooled rows.
     from checks import assert_matches_reference, make_inputs
@@ -199,10 +281,10 @@ def test_implicit_gemm_on_a_tall_image_stages_blocks_of_rows():
     assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"), x, w, b)
 
 
-@needs_avx2
+@simd_levels
 @pytest.mark.parametrize("special", [float("nan"), float("inf"), -float("inf")], ids=str)
 @pytest.mark.parametrize("where", ["input", "weight", "input and bias"])
-def test_implicit_gemm_nan_and_inf_as_stock(special, where):
+def test_implicit_gemm_nan_and_inf_as_stock(special, where, level):
     from checks import assert_matches_reference, make_inputs
 
     import simplecnn_kernels as sk
@@ -225,17 +307,19 @@ import simplecnn_kernels as sk
 from checks import assert_matches_reference, make_inputs
 
 expected = {"0": "direct", "2x2": "winograd_2x2"}[os.environ["SIMPLECNN_CPU_WINOGRAD"]]
-x, w, b = make_inputs(4, 32, 32, 16, 16)  # 64 tiles of 4x4: F(4x4) by default
-assert torch.ops.simplecnn._cpu_algorithm(x, w) == expected
+x, w, b = make_inputs(2, 32, 32, 16, 64)  # 128 tiles of 4x4: F(4x4) by default
+assert torch.ops.simplecnn._cpu_algorithm(x, w).split("/")[0] == expected
 assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b), x, w, b)
 print("ok")
 """
 
 
-@needs_avx2
+@simd_levels
 @pytest.mark.parametrize("setting", ["0", "2x2"])
-def test_winograd_can_be_switched_off_or_kept_to_2x2(setting):
-    _run_with_env(WINOGRAD_SETTING_CHECK, SIMPLECNN_CPU_WINOGRAD=setting)
+def test_winograd_can_be_switched_off_or_kept_to_2x2(setting, level):
+    _run_with_env(
+        WINOGRAD_SETTING_CHECK, SIMPLECNN_CPU_WINOGRAD=setting, SIMPLECNN_CPU_CAPABILITY=level
+    )
 
 
 WINOGRAD_2X2_SHAPES = [
@@ -254,7 +338,7 @@ WINOGRAD_4X4_SHAPES = [
 ]
 
 
-@needs_avx2
+@simd_levels
 @pytest.mark.parametrize(
     ("algorithm", "shape"),
     [("winograd_2x2", s) for s in WINOGRAD_2X2_SHAPES]
@@ -264,7 +348,7 @@ WINOGRAD_4X4_SHAPES = [
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-def test_wide_layer_algorithms_match_stock(algorithm, shape, dtype, layout):
+def test_wide_layer_algorithms_match_stock(algorithm, shape, dtype, layout, level):
     from checks import assert_matches_reference, make_inputs
 
     import simplecnn_kernels as sk
@@ -274,10 +358,10 @@ def test_wide_layer_algorithms_match_stock(algorithm, shape, dtype, layout):
     assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"), x, w, b)
 
 
-@needs_avx2
+@simd_levels
 @pytest.mark.parametrize("special", [float("nan"), float("inf"), -float("inf")], ids=str)
 @pytest.mark.parametrize(("algorithm", "n"), [("winograd_2x2", 3), ("winograd_4x4", 4)])
-def test_winograd_tiles_with_nan_or_inf_fall_back_to_direct_sums(special, algorithm, n):
+def test_winograd_tiles_with_nan_or_inf_fall_back_to_direct_sums(special, algorithm, n, level):
     # inf - inf inside the transforms would give NaN where the stock sum gives +-inf; those
     # windows are recomputed with direct sums, so the result equals stock everywhere.
     from checks import assert_matches_reference, make_inputs
@@ -292,13 +376,15 @@ def test_winograd_tiles_with_nan_or_inf_fall_back_to_direct_sums(special, algori
     assert not torch.isfinite(out).all()
 
 
-@needs_avx2
+@simd_levels
 @pytest.mark.parametrize(
     ("algorithm", "shape"),
     [("winograd_2x2", (16, 16, 80, 4, 4)), ("winograd_4x4", (64, 16, 80, 4, 4))],
     ids=str,
 )
-def test_winograd_splits_output_channels_when_threads_outnumber_tile_groups(algorithm, shape):
+def test_winograd_splits_output_channels_when_threads_outnumber_tile_groups(
+    algorithm, shape, level
+):
     # With more threads than groups of tiles, items take ranges of output-channel blocks;
     # the fallback to direct sums then redoes only its range.
     from checks import assert_matches_reference, make_inputs

@@ -3,12 +3,12 @@
 import pytest
 import torch
 from checks import assert_matches_reference, make_inputs
-from conftest import device_backends, requires_cuda
+from conftest import cuda_backends, requires_cuda
 
 import simplecnn_kernels as sk
 
 pytestmark = requires_cuda
-CUDA_BACKENDS = [b for d, b in device_backends() if d == "cuda"]
+CUDA_BACKENDS = cuda_backends()
 
 
 def test_default_backend_on_cuda():

@@ -69,12 +69,13 @@ def test_empty_batch(device, backend):
 
 
 def _poison(t, fraction, values, generator=None):
-    """A copy of `t` with `fraction` of its elements set to values drawn from `values`."""
+    """A copy of `t` with `fraction` of its elements set to `values`, each value used equally
+    often (every one of them where the fraction covers that many elements), in random order."""
     t = t.clone()
     flat = t.view(-1) if t.is_contiguous() else t.reshape(-1)
     count = max(1, int(fraction * flat.numel()))
     where = torch.randperm(flat.numel())[:count]
-    choice = torch.tensor(values, dtype=torch.float64)[torch.randint(len(values), (count,))]
+    choice = torch.tensor(values, dtype=torch.float64)[torch.randperm(count) % len(values)]
     flat[where] = choice.to(t.dtype).to(t.device)
     return flat.view(t.shape) if t.is_contiguous() else flat.reshape(t.shape)
 

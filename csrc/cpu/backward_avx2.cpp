@@ -1,6 +1,6 @@
 // AVX2+FMA versions of the backward gradient loops (backward_grad.h). Compiled for AVX2 through
-// a target pragma, everything after it in an anonymous namespace or intrinsics only, as in
-// chunk_avx2.cpp.
+// a target pragma, everything after it intrinsics only, and named in the avx2 and avx512
+// kernel tables.
 #include "backward_grad.h"
 
 #if defined(__x86_64__)
@@ -123,12 +123,4 @@ void grad_input_avx2(const ChannelGradArgs<float>& a) {
 
 #pragma GCC pop_options
 
-#else  // not x86-64: the driver uses the portable loops
-
-namespace simplecnn::cpu {
-float fill_strips_avx2(const float*, const int8_t*, int64_t, float*, int64_t, int64_t) { return 0; }
-void grad_weight_avx2(const ChannelGradArgs<float>&) {}
-void grad_input_avx2(const ChannelGradArgs<float>&) {}
-}  // namespace simplecnn::cpu
-
-#endif
+#endif  // x86-64: the kernel table names these only there

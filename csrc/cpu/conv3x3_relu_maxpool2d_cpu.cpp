@@ -1,11 +1,11 @@
-// The CPU kernel of simplecnn::_fused_forward: a driver that stages padded input rows and
-// runs a micro-kernel (pooled_chunk.h) per chunk of pooled outputs, in parallel over
-// (image, block of pooled rows).
+// The CPU kernel of simplecnn::_fused_forward: a driver that picks an algorithm per call
+// (direct, Winograd, implicit GEMM), stages input rows and runs the kernels of the current
+// instruction-set level (kernel_table.h) in parallel.
 //
-// float32, float16 and bfloat16 accumulate in float32 (the AVX2 kernel where the CPU has it,
-// else the generic one); float64 accumulates in float64 with the generic kernel.
+// float32, float16 and bfloat16 accumulate in float32; float64 accumulates in float64 with the
+// generic direct kernel.
 #include "../conv3x3_relu_maxpool2d.h"
-#include "pooled_chunk.h"
+#include "kernel_table.h"
 #include "staging.h"
 #include "implicit_gemm.h"
 #include "winograd.h"
@@ -30,11 +30,11 @@ namespace cpu {
 namespace {
 
 // Copies input rows [y0, y0 + rows) of image n into `scratch` channels-last for the Winograd
-// and implicit-GEMM kernels (which run only with AVX2): [row][column][ci_padded], column c
-// holding input column c - 1, zeros elsewhere.
+// and implicit-GEMM kernels: [row][column][ci_padded], column c holding input column c - 1,
+// zeros elsewhere. `transpose` is the level's (kernel_table.h).
 template <typename scalar_t>
-void stage_rows_channels_last(const at::Tensor& input, int64_t n, int64_t y0, int64_t rows,
-                              int64_t cols, int64_t ci_padded, float* scratch) {
+void stage_rows_channels_last(const CpuKernels& k, const at::Tensor& input, int64_t n, int64_t y0,
+                              int64_t rows, int64_t cols, int64_t ci_padded, float* scratch) {
   const int64_t C = input.size(1), H = input.size(2), W = std::min(input.size(3), cols - 1);
   const int64_t sN = input.stride(0), sC = input.stride(1), sH = input.stride(2),
                 sW = input.stride(3);
@@ -53,8 +53,8 @@ void stage_rows_channels_last(const at::Tensor& input, int64_t n, int64_t y0, in
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (sW == 1) {  // rows of NCHW float input: [C][W] transposed, 8x8 at a time
       for (int64_t y = y_begin; y < y_end; ++y)
-        transpose_avx2(base + y * sH, sC, C, W, scratch + ((y - y0) * cols + 1) * ci_padded,
-                       ci_padded);
+        k.transpose(base + y * sH, sC, C, W, scratch + ((y - y0) * cols + 1) * ci_padded,
+                    ci_padded);
       return;
     }
   }
@@ -78,7 +78,8 @@ void stage_rows_channels_last(const at::Tensor& input, int64_t n, int64_t y0, in
 //    0.30 ms against the direct kernel's 1.35; 256 -> 256, 8x8: 0.53 against 1.17; 64 -> 64,
 //    14x14: 0.11 against 0.14; with whole chunks the direct kernel wins (16 -> 32, 64x64: 0.21
 //    against 0.28; 64 -> 128, 16x16, batch 16: 2.8 against 3.2).
-//  - Everything else, and every call without AVX2 or in float64, the direct kernel.
+//  - Everything else, float64, and every call on a level without those kernels (generic), the
+//    direct kernel.
 enum class Algorithm { kDirect, kWinograd2x2, kWinograd4x4, kImplicitGemm };
 
 constexpr int64_t kWideMinChannels = 16;
@@ -103,12 +104,13 @@ WinogradSetting winograd_setting() {
   return setting;
 }
 
-template <typename scalar_t, typename acc_t>
-Algorithm choose_algorithm(const at::Tensor& input, const at::Tensor& weight) {
+template <typename acc_t>
+Algorithm choose_algorithm(const CpuKernels& k, const at::Tensor& input, const at::Tensor& weight) {
   if constexpr (!std::is_same_v<acc_t, float>) {
     return Algorithm::kDirect;
   } else {
-    if (!use_avx2() || input.size(1) < kWideMinChannels || weight.size(0) < kWideMinChannels)
+    if (k.winograd_tiles == nullptr || k.window_gemm == nullptr ||
+        input.size(1) < kWideMinChannels || weight.size(0) < kWideMinChannels)
       return Algorithm::kDirect;
     const int64_t pooled_h = input.size(2) / 2, pooled_w = input.size(3) / 2;
     const int64_t windows = input.size(0) * pooled_h * pooled_w;
@@ -126,8 +128,9 @@ Algorithm choose_algorithm(const at::Tensor& input, const at::Tensor& weight) {
         return Algorithm::kWinograd4x4;
       return Algorithm::kWinograd2x2;
     }
-    // The direct kernel computes kChunkCols columns per call: the share inside the image.
-    const int64_t cols = 2 * pooled_w, lanes = ceil_div(cols, kChunkCols) * kChunkCols;
+    // The direct kernel computes chunk_cols columns per call: the share inside the image.
+    const int64_t chunk = k.direct.chunk_cols;
+    const int64_t cols = 2 * pooled_w, lanes = ceil_div(cols, chunk) * chunk;
     return 10 * cols < 9 * lanes ? Algorithm::kImplicitGemm : Algorithm::kDirect;
   }
 }
@@ -139,7 +142,7 @@ Algorithm choose_algorithm(const at::Tensor& input, const at::Tensor& weight) {
 constexpr int64_t kWinograd2x2GroupTiles = 48;
 constexpr int64_t kWinograd4x4GroupTiles = 32;
 constexpr int64_t kCallOverheadTiles = 8;
-// Transformed weights larger than this are streamed to memory (transform_weights_avx2).
+// Transformed weights larger than this are streamed to memory (winograd.h: transform_weights).
 constexpr int64_t kStreamedWeightBytes = 4 << 20;
 
 // One call of the op: shapes, weights and the output, and the three ways to compute pooled
@@ -151,12 +154,14 @@ class FusedForward {
                const std::optional<at::Tensor>& bias, const at::Tensor& out)
       : input_(input),
         weight_(weight),
-        geometry_(input, weight),
+        kernels_(cpu_kernels()),
+        direct_(direct_kernels<acc_t>()),
+        geometry_(input, weight, direct_),
         N_(input.size(0)), C_in_(input.size(1)), C_out_(weight.size(0)),
         Ho_(out.size(2)), Wo_(out.size(3)),
         bias_(read_bias<scalar_t, acc_t>(bias, weight.size(0))),
         target_(out) {
-    algorithm_ = choose_algorithm<scalar_t, acc_t>(input, weight);
+    algorithm_ = choose_algorithm<acc_t>(kernels_, input, weight);
     if (algorithm_ == Algorithm::kWinograd2x2 || algorithm_ == Algorithm::kWinograd4x4)
       transform_weights(weight);
   }
@@ -182,10 +187,10 @@ class FusedForward {
     struct Row {
       const OutputTarget& out;
       scalar_t* row;
-      acc_t tile[kMaxChannelBlock * kChunkPooled];
+      acc_t tile[kMaxCoBlock * kMaxChunkPooled];
       void prepare(ChunkArgs<acc_t>& args, int64_t co0, int64_t x) {
         args.out = tile;
-        args.out_ch_stride = kChunkPooled;
+        args.out_ch_stride = kMaxChunkPooled;
         if constexpr (std::is_same_v<scalar_t, acc_t>) {
           if (out.in_place) {
             args.out = row + co0 * out.sC + (x / 2) * out.sW;
@@ -198,7 +203,7 @@ class FusedForward {
         scalar_t* dst = row + co0 * out.sC + (x / 2) * out.sW;
         for (int j = 0; j < cob; ++j)
           for (int i = 0; i < args.n_out; ++i)
-            dst[j * out.sC + i * out.sW] = static_cast<scalar_t>(tile[j * kChunkPooled + i]);
+            dst[j * out.sC + i * out.sW] = static_cast<scalar_t>(tile[j * kMaxChunkPooled + i]);
       }
     };
     Row row(int64_t n, int64_t py) const { return Row{*this, ptr + n * sN + py * sH, {}}; }
@@ -216,7 +221,8 @@ class FusedForward {
   // Per-thread buffers of the direct kernel.
   struct Workspace {
     Workspace(const FusedForward& f, int64_t scratch_rows)
-        : scratch(scratch_rows * f.geometry_.row_stride), partial(2 * f.C_out_ * kChunkCols) {}
+        : scratch(scratch_rows * f.geometry_.row_stride),
+          partial(2 * f.C_out_ * f.geometry_.chunk_cols) {}
     std::vector<acc_t> scratch;  // [row][channel][column]
     std::vector<acc_t> partial;  // partial sums across input-channel blocks
   };
@@ -224,14 +230,14 @@ class FusedForward {
   // Pooled row py of image n with the direct kernel; `rows` is the scratch at its top halo row.
   void direct_pooled_row(int64_t n, int64_t py, const acc_t* rows, Workspace& ws) {
     auto row = target_.row(n, py);
-    direct_row(geometry_, rows, packed_.data(), bias_.data(), ws.partial.data(), row);
+    direct_row(geometry_, direct_, rows, packed_.data(), bias_.data(), ws.partial.data(), row);
   }
 
   // Work items are (image, block of pooled rows). Whole images while there are enough of them
   // to keep every thread busy; smaller blocks for small batches, and for wide inputs so the
   // staged rows stay in L2. Each block re-stages its 2 halo rows.
   void run_direct() {
-    packed_ = pack_direct_weights<scalar_t, acc_t>(weight_);
+    packed_ = pack_direct_weights<scalar_t, acc_t>(weight_, geometry_.co_block);
     constexpr int64_t kScratchBudget = 256 * 1024;
     const int64_t want_items = 4 * at::get_num_threads();
     const int64_t row_stride = geometry_.row_stride;
@@ -306,7 +312,7 @@ class FusedForward {
         const int64_t n0 = group / row_blocks * images, ty0 = group % row_blocks * rows;
         const int64_t nb = std::min(images, N_ - n0), rb = std::min(rows, tiles_h - ty0);
         for (int64_t i = 0; i < nb; ++i)
-          stage_rows_channels_last<scalar_t>(input_, n0 + i, m * ty0 - 1, m * rb + 2, cols, ci_p,
+          stage_rows_channels_last<scalar_t>(kernels_, input_, n0 + i, m * ty0 - 1, m * rb + 2, cols, ci_p,
                                              staged.data() + i * image_stride);
         const WinogradTilesArgs args{m, staged.data(), image_stride, cols * ci_p, ci_p,
                                      nb, rb, tiles_w, co_p, b0 * kWinogradCoBlock,
@@ -315,7 +321,7 @@ class FusedForward {
         const int64_t co0 = b0 * kWinogradCoBlock;
         const int64_t count = std::min(b1 * kWinogradCoBlock, C_out_) - co0;
         const int64_t py0 = ty0 * window_side, py1 = std::min(Ho_, (ty0 + rb) * window_side);
-        if (winograd_tiles_avx2(args)) {
+        if (kernels_.winograd_tiles(args)) {
           for (int64_t t = 0; t < nb * rb * tiles_w; ++t)
             for (int64_t w = 0; w < windows; ++w) {
               const int64_t py = py0 + (t / tiles_w) % rb * window_side + w / window_side;
@@ -353,7 +359,7 @@ class FusedForward {
     const scalar_t* src = weight.const_data_ptr<scalar_t>() + b * kGemmCoBlock * s0;
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (cob == kGemmCoBlock && weight.is_contiguous()) {  // rows of (ci, ky, kx)
-        transpose_avx2(src, s0, kGemmCoBlock, 9 * C_in_, dst, kGemmCoBlock);
+        kernels_.transpose(src, s0, kGemmCoBlock, 9 * C_in_, dst, kGemmCoBlock);
         return;
       }
     }
@@ -385,7 +391,7 @@ class FusedForward {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / (row_blocks * splits), py0 = (item / splits) % row_blocks * rows;
         const int64_t b0 = (item % splits) * blocks_per_item, rb = std::min(rows, Ho_ - py0);
-        stage_rows_channels_last<scalar_t>(input_, n, 2 * py0 - 1, 2 * rb + 2, cols, C_in_,
+        stage_rows_channels_last<scalar_t>(kernels_, input_, n, 2 * py0 - 1, 2 * rb + 2, cols, C_in_,
                                            staged.data());
         implicit_gemm_rows(staged.data(), cols, C_in_, n, py0, rb,
                            b0, std::min(blocks, b0 + blocks_per_item), partial.data());
@@ -415,7 +421,7 @@ class FusedForward {
                                     partial + t * 4 * kGemmCoBlock,
                                     c0 == 0,
                                     c0 + cib == C_in_};
-          window_gemm_avx2(args);
+          kernels_.window_gemm(args);
           if (args.last)
             target_.store(n, py0 + py, px, b * kGemmCoBlock,
                           std::min<int64_t>(kGemmCoBlock, C_out_ - b * kGemmCoBlock), pooled);
@@ -439,7 +445,7 @@ class FusedForward {
     return gemm_weights_.get();
   }
 
-  // U = G g G^T per (co, ci) (transform_weights_avx2), stored as
+  // U = G g G^T per (co, ci) (the level's transform_weights), stored as
   // [(m+2)^2][co_padded / 16][ci_padded][16] with zeros in the padding. Filled block by block
   // of 16 output channels, in parallel: at 256 -> 512 channels it is 19 MB per call for F(4x4).
   void transform_weights(const at::Tensor& weight) {
@@ -455,8 +461,8 @@ class FusedForward {
       for (int64_t b = begin; b < end; ++b) {
         pack_gemm_block(weight, b, g.data());
         std::fill(g.begin() + C_in_ * 9 * kWinogradCoBlock, g.end(), 0.0f);  // padding: 0
-        transform_weights_avx2(m, g.data(), ci_p, u_.get() + b * ci_p * kWinogradCoBlock, plane,
-                               stream);
+        kernels_.transform_weights(m, g.data(), ci_p, u_.get() + b * ci_p * kWinogradCoBlock,
+                                   plane, stream);
       }
     });
   }
@@ -467,6 +473,8 @@ class FusedForward {
 
   const at::Tensor& input_;
   const at::Tensor& weight_;
+  const CpuKernels& kernels_;  // the level's, read once per call
+  const DirectKernels<acc_t>& direct_;
   const DirectGeometry geometry_;
   const int64_t N_, C_in_, C_out_, Ho_, Wo_;
   const std::vector<acc_t> bias_;
@@ -483,24 +491,26 @@ class FusedForward {
   std::vector<float> wino_bias_;
 };
 
-std::string cpu_kernel_name() { return use_avx2() ? "avx2" : "generic"; }
+std::string cpu_capability() { return cpu_kernels().name; }
 
+std::vector<std::string> cpu_capabilities() { return supported_capabilities(); }
+
+void set_capability(const std::string& level) { set_cpu_capability(level); }
+
+// The algorithm a call takes and the level of the kernel that computes it, as "winograd_4x4/avx2".
 std::string cpu_algorithm(const at::Tensor& input, const at::Tensor& weight) {
   check_inputs(input, weight, std::nullopt);
-  Algorithm algorithm = Algorithm::kDirect;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cpu_algorithm",
-                                  [&] {
-                                    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>,
-                                                                     double, float>;
-                                    algorithm = choose_algorithm<scalar_t, acc_t>(input, weight);
-                                  });
+  const CpuKernels& k = cpu_kernels();
+  const bool f64 = input.scalar_type() == at::kDouble;
+  const Algorithm algorithm =
+      f64 ? choose_algorithm<double>(k, input, weight) : choose_algorithm<float>(k, input, weight);
   switch (algorithm) {
-    case Algorithm::kWinograd2x2: return "winograd_2x2";
-    case Algorithm::kWinograd4x4: return "winograd_4x4";
-    case Algorithm::kImplicitGemm: return "implicit_gemm";
+    case Algorithm::kWinograd2x2: return std::string("winograd_2x2/") + k.wide_level;
+    case Algorithm::kWinograd4x4: return std::string("winograd_4x4/") + k.wide_level;
+    case Algorithm::kImplicitGemm: return std::string("implicit_gemm/") + k.wide_level;
     case Algorithm::kDirect: break;
   }
-  return "direct";
+  return std::string("direct/") + (f64 ? "generic" : k.name);
 }
 
 }  // namespace
@@ -523,10 +533,13 @@ at::Tensor fused_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
 }  // namespace simplecnn
 
 TORCH_LIBRARY_FRAGMENT(simplecnn, m) {
-  // Which CPU micro-kernel this process uses ("avx2" or "generic"), for tests and benchmarks.
-  m.def("_cpu_kernel() -> str", &simplecnn::cpu::cpu_kernel_name);
-  // Which algorithm the CPU kernel picks for these arguments ("direct", "winograd_4x4",
-  // "winograd_2x2" or "implicit_gemm").
+  // The instruction-set level CPU calls take now ("avx512", "avx2" or "generic"), the levels
+  // this CPU runs (best first), and a way to switch (for tests and benchmarks).
+  m.def("_cpu_capability() -> str", &simplecnn::cpu::cpu_capability);
+  m.def("_cpu_capabilities() -> str[]", &simplecnn::cpu::cpu_capabilities);
+  m.def("_set_cpu_capability(str level) -> ()", &simplecnn::cpu::set_capability);
+  // Which algorithm the CPU kernel picks for these arguments and the level of its kernel:
+  // "direct", "winograd_4x4", "winograd_2x2" or "implicit_gemm", then "/" and the level.
   m.def("_cpu_algorithm(Tensor input, Tensor weight) -> str");
 }
 

@@ -4,7 +4,7 @@
 // Per image:
 // 1. Stage the input rows (as the forward does) and recompute, with the forward's register-
 //    blocked micro-kernel, which window position each pooled output sends its gradient to
-//    (stock max-pool + ReLU routing, pooled_chunk.h: window_index).
+//    (stock max-pool + ReLU routing, direct_kernel.h: store_window_indices).
 // 2. Per output channel, expand the pooled gradient into the two conv rows under each pooled
 //    row (zeros except at the chosen positions): a [2 x 2*Wo] strip per pooled row.
 // 3. Weight gradient: correlate the strips with the staged input rows; bias gradient: sum them;
@@ -13,7 +13,7 @@
 // Weight and bias gradients are summed per thread and reduced at the end.
 #include "../conv3x3_relu_maxpool2d.h"
 #include "backward_grad.h"
-#include "pooled_chunk.h"
+#include "kernel_table.h"
 #include "staging.h"
 
 #include <ATen/Dispatch.h>
@@ -30,8 +30,8 @@ namespace simplecnn {
 namespace cpu {
 namespace {
 
-// The portable gradient loops (float64, and float without AVX2): backward_avx2.cpp's, in
-// plain C++.
+// The portable gradient loops (float64, and levels without their own): backward_avx2.cpp's,
+// in plain C++.
 template <typename acc_t>
 void grad_weight_generic(const ChannelGradArgs<acc_t>& a) {
   for (int64_t py = 0; py < a.ho; ++py)
@@ -62,11 +62,12 @@ void grad_input_generic(const ChannelGradArgs<acc_t>& a) {
 }
 
 template <typename acc_t>
-void channel_grad(const ChannelGradArgs<acc_t>& a, bool input_grad, bool weight_grad) {
+void channel_grad(const CpuKernels& k, const ChannelGradArgs<acc_t>& a, bool input_grad,
+                  bool weight_grad) {
   if constexpr (std::is_same_v<acc_t, float>) {
-    if (use_avx2()) {
-      if (weight_grad) grad_weight_avx2(a);
-      if (input_grad) grad_input_avx2(a);
+    if (k.grad_weight != nullptr && k.grad_input != nullptr) {
+      if (weight_grad) k.grad_weight(a);
+      if (input_grad) k.grad_input(a);
       return;
     }
   }
@@ -106,13 +107,14 @@ class FusedBackward {
  public:
   FusedBackward(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
                 const std::optional<at::Tensor>& bias)
-      : grad_out_(grad_out), input_(input), g_(input, weight), N_(input.size(0)),
+      : grad_out_(grad_out), input_(input), kernels_(cpu_kernels()),
+        direct_(direct_kernels<acc_t>()), g_(input, weight, direct_), N_(input.size(0)),
         H_(input.size(2)), Ho_(input.size(2) / 2), Wo_(g_.wo),
         // Strips cover conv columns [0, 2*Wo) rounded up to whole vectors; the staged rows are
-        // wide enough for those reads (padded_w >= round_up(2*Wo, 16) + 2).
+        // wide enough for those reads (padded_w >= round_up(2*Wo, chunk_cols) + 2).
         strip_w_(ceil_div(2 * Wo_, kStripAlign) * kStripAlign),
         strip_stride_(strip_w_ + 2 * kStripMargin), strips_per_channel_(Ho_ * 2 * strip_stride_),
-        packed_(pack_direct_weights<scalar_t, acc_t>(weight)),
+        packed_(pack_direct_weights<scalar_t, acc_t>(weight, g_.co_block)),
         bias_(read_bias<scalar_t, acc_t>(bias, weight.size(0))) {
     const scalar_t* w = weight.const_data_ptr<scalar_t>();
     weights_.resize(g_.c_out * g_.c_in * 9);  // [c_out][c_in][9] for the gradient loops
@@ -152,7 +154,7 @@ class FusedBackward {
         for (int64_t ci = 0; ci < g_.c_in; ++ci)
           for (int64_t co = 0; co < g_.c_out; ++co) {
             const int64_t pair = (co * g_.c_in + ci) * 9;
-            channel_grad(ChannelGradArgs<acc_t>{ws.rows.data() + ci * g_.padded_w, g_.row_stride,
+            channel_grad(kernels_, ChannelGradArgs<acc_t>{ws.rows.data() + ci * g_.padded_w, g_.row_stride,
                                                 grad_rows.data() + ci * grad_w, grad_row_stride,
                                                 grad_w, channel_strips(ws, co), strip_stride_,
                                                 strip_w_, Ho_, weights_.data() + pair,
@@ -219,7 +221,7 @@ class FusedBackward {
   // Per-thread buffers.
   struct Workspace {
     explicit Workspace(const FusedBackward& b)
-        : rows(b.staged_rows() * b.g_.row_stride), partial(2 * b.g_.c_out * kChunkCols),
+        : rows(b.staged_rows() * b.g_.row_stride), partial(2 * b.g_.c_out * b.g_.chunk_cols),
           strips(b.g_.c_out * b.strips_per_channel_ + 2 * kStripMargin, acc_t(0)),
           index(b.g_.c_out * b.Ho_ * b.Wo_), grad_row(b.Wo_) {}
     std::vector<acc_t> rows, partial, strips;
@@ -238,8 +240,8 @@ class FusedBackward {
     stage_rows<scalar_t, acc_t>(input_, n, -1, staged_rows(), g_.padded_w, ws.rows.data());
     for (int64_t py = 0; py < Ho_; ++py) {
       IndexTarget target{ws.index.data(), plane, Wo_, py, storage_type<scalar_t>()};
-      direct_row(g_, ws.rows.data() + 2 * py * g_.row_stride, packed_.data(), bias_.data(),
-                 ws.partial.data(), target);
+      direct_row(g_, direct_, ws.rows.data() + 2 * py * g_.row_stride, packed_.data(),
+                 bias_.data(), ws.partial.data(), target);
     }
     const scalar_t* go = grad_out_.const_data_ptr<scalar_t>();
     const int64_t gN = grad_out_.stride(0), gC = grad_out_.stride(1), gH = grad_out_.stride(2),
@@ -253,8 +255,8 @@ class FusedBackward {
         acc_t* strip = ws.strips.data() + kStripMargin + co * strips_per_channel_ +
                        py * 2 * strip_stride_;
         if constexpr (std::is_same_v<acc_t, float>) {
-          if (use_avx2()) {
-            sum += fill_strips_avx2(ws.grad_row.data(), k, Wo_, strip, strip_stride_, strip_w_);
+          if (kernels_.fill_strips != nullptr) {
+            sum += kernels_.fill_strips(ws.grad_row.data(), k, Wo_, strip, strip_stride_, strip_w_);
             continue;
           }
         }
@@ -266,6 +268,8 @@ class FusedBackward {
 
   const at::Tensor& grad_out_;
   const at::Tensor& input_;
+  const CpuKernels& kernels_;  // the level's, read once per call
+  const DirectKernels<acc_t>& direct_;
   const DirectGeometry g_;
   const int64_t N_, H_, Ho_, Wo_, strip_w_, strip_stride_, strips_per_channel_;
   const std::vector<acc_t> packed_, bias_;

@@ -1,23 +1,24 @@
 // The implicit-GEMM kernel for AVX2+FMA (see implicit_gemm.h for what one call computes).
 //
-// Like chunk_avx2.cpp this file is compiled for AVX2 through a target pragma, with everything
-// after it in an anonymous namespace.
+// Compiled for AVX2 through a target pragma, everything after it in an anonymous namespace or
+// the avx2 namespace (as kernels_avx2.cpp does), and named in the avx2 and avx512 kernel tables.
 #include "implicit_gemm.h"
 
 #if defined(__x86_64__)
 
 #include <immintrin.h>
 
-#include "avx2_helpers.h"
+#include "pooled_chunk.h"
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
+
+#include "vec/avx2.h"
 
 namespace simplecnn::cpu {
 namespace {
 
-using avx2::max_keep_nan;
-using avx2::relu_keep_nan;
+using VF = avx2::Vec<float>;  // the vector layer: max_keep_nan, relu_keep_nan
 
 // Per tap and input channel: 2 weight loads and 4 input broadcasts feed 8 FMAs, so the two FMA
 // units, not the loads, set the pace. The accumulators are named variables: held in an array
@@ -65,10 +66,10 @@ void window_gemm(const WindowGemmArgs& a) {
     _mm256_storeu_ps(a.partial + 48, p3l), _mm256_storeu_ps(a.partial + 56, p3h);
     return;
   }
-  const __m256 low = max_keep_nan(max_keep_nan(p0l, p1l), max_keep_nan(p2l, p3l));
-  const __m256 high = max_keep_nan(max_keep_nan(p0h, p1h), max_keep_nan(p2h, p3h));
-  _mm256_storeu_ps(a.out, relu_keep_nan(low));
-  _mm256_storeu_ps(a.out + 8, relu_keep_nan(high));
+  const __m256 low = VF::max_keep_nan(VF::max_keep_nan(p0l, p1l), VF::max_keep_nan(p2l, p3l));
+  const __m256 high = VF::max_keep_nan(VF::max_keep_nan(p0h, p1h), VF::max_keep_nan(p2h, p3h));
+  _mm256_storeu_ps(a.out, VF::relu_keep_nan(low));
+  _mm256_storeu_ps(a.out + 8, VF::relu_keep_nan(high));
 }
 
 // dst[c][r] = src[r][c] for an 8x8 tile: rows of src `src_stride` apart, of dst `dst_stride`.
@@ -113,11 +114,4 @@ void transpose_avx2(const float* src, int64_t src_stride, int64_t rows, int64_t 
 
 #pragma GCC pop_options
 
-#else  // not x86-64: the driver never takes the implicit-GEMM path
-
-namespace simplecnn::cpu {
-void window_gemm_avx2(const WindowGemmArgs&) {}
-void transpose_avx2(const float*, int64_t, int64_t, int64_t, float*, int64_t) {}
-}  // namespace simplecnn::cpu
-
-#endif
+#endif  // x86-64: the kernel table names these only there

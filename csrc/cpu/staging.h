@@ -2,7 +2,7 @@
 // scratch the direct micro-kernels read, packing their weights, and the loop over one pooled row.
 #pragma once
 
-#include "pooled_chunk.h"
+#include "kernel_table.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -50,14 +50,16 @@ inline bool all_finite(const at::Tensor& t) {
 // at 64->64 and slower at 8 or 16 (partial sums are reloaded more often).
 constexpr int64_t kInputChannelBlock = 32;
 
-// The direct kernel's view of one call: sizes and the scratch geometry.
+// The direct kernel's view of one call: sizes, the level's blocking and the scratch geometry.
 struct DirectGeometry {
-  DirectGeometry(const at::Tensor& input, const at::Tensor& weight)
+  template <typename acc_t>
+  DirectGeometry(const at::Tensor& input, const at::Tensor& weight, const DirectKernels<acc_t>& k)
       : c_in(input.size(1)), w(input.size(3)), c_out(weight.size(0)), wo(input.size(3) / 2),
-        // The last chunk of a row reads up to column round_up(2*Wo, kChunkCols) + 1.
-        padded_w(std::max(w + 2, ceil_div(2 * wo, kChunkCols) * kChunkCols + 2)),
+        chunk_cols(k.chunk_cols), co_block(k.max_co_block),
+        // The last chunk of a row reads up to column round_up(2*Wo, chunk_cols) + 1.
+        padded_w(std::max(w + 2, ceil_div(2 * wo, chunk_cols) * chunk_cols + 2)),
         row_stride(c_in * padded_w) {}
-  int64_t c_in, w, c_out, wo, padded_w, row_stride;
+  int64_t c_in, w, c_out, wo, chunk_cols, co_block, padded_w, row_stride;
 };
 
 // Copies input rows [y0, y0 + rows) of image n, all channels, into `scratch` laid out as
@@ -92,22 +94,22 @@ void stage_rows(const at::Tensor& input, int64_t n, int64_t y0, int64_t rows, in
   }
 }
 
-// Weights packed per block of kMaxChannelBlock output channels as [c_in][ky][kx][co], the
-// order the micro-kernels read them; the block starting at channel co0 starts at co0*c_in*9.
+// Weights packed per block of `co_block` output channels as [c_in][ky][kx][co], the order the
+// micro-kernels read them; the block starting at channel co0 starts at co0*c_in*9.
 // In parallel over the blocks: at 256 -> 512 channels it is 4.7 MB per call.
 template <typename scalar_t, typename acc_t>
-std::vector<acc_t> pack_direct_weights(const at::Tensor& weight) {
+std::vector<acc_t> pack_direct_weights(const at::Tensor& weight, int64_t co_block) {
   const int64_t C_out = weight.size(0), C_in = weight.size(1);
   std::vector<acc_t> packed(C_out * C_in * 9);
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2),
                 s3 = weight.stride(3);
-  const int64_t blocks = ceil_div(C_out, kMaxChannelBlock);
-  const int64_t grain = std::max<int64_t>(1, 16384 / (C_in * 9 * kMaxChannelBlock));
+  const int64_t blocks = ceil_div(C_out, co_block);
+  const int64_t grain = std::max<int64_t>(1, 16384 / (C_in * 9 * co_block));
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t co0 = begin * kMaxChannelBlock; co0 < std::min(C_out, end * kMaxChannelBlock);
-         co0 += kMaxChannelBlock) {
-      const int64_t cob = std::min<int64_t>(kMaxChannelBlock, C_out - co0);
+    for (int64_t co0 = begin * co_block; co0 < std::min(C_out, end * co_block);
+         co0 += co_block) {
+      const int64_t cob = std::min<int64_t>(co_block, C_out - co0);
       acc_t* dst = packed.data() + co0 * C_in * 9;
       for (int64_t j = 0; j < cob; ++j)  // reading each output channel's weights in order
         for (int64_t ci = 0; ci < C_in; ++ci)
@@ -129,23 +131,23 @@ std::vector<acc_t> read_bias(const std::optional<at::Tensor>& bias, int64_t c_ou
   return values;
 }
 
-// Runs the direct micro-kernels over one pooled row: `rows` is the staged scratch at the row's
-// top halo row, `partial` holds 2 * c_out * kChunkCols partial sums. For each chunk of
-// kChunkCols conv columns and block of output channels, target.prepare(args, co0, x) points
+// Runs the direct micro-kernels `k` over one pooled row: `rows` is the staged scratch at the
+// row's top halo row, `partial` holds 2 * c_out * chunk_cols partial sums. For each chunk of
+// chunk_cols conv columns and block of output channels, target.prepare(args, co0, x) points
 // the last call's output (pooled values or window indices) somewhere, and
 // target.finish(args, co0, cob, x) runs after it.
 template <typename acc_t, typename Target>
-void direct_row(const DirectGeometry& g, const acc_t* rows, const acc_t* packed,
-                const acc_t* bias, acc_t* partial, Target& target) {
-  for (int64_t x = 0; x < 2 * g.wo; x += kChunkCols) {
-    const int n_out = static_cast<int>(std::min<int64_t>(kChunkPooled, g.wo - x / 2));
+void direct_row(const DirectGeometry& g, const DirectKernels<acc_t>& k, const acc_t* rows,
+                const acc_t* packed, const acc_t* bias, acc_t* partial, Target& target) {
+  for (int64_t x = 0; x < 2 * g.wo; x += g.chunk_cols) {
+    const int n_out = static_cast<int>(std::min<int64_t>(g.chunk_cols / 2, g.wo - x / 2));
     // Input channels in blocks, all output channels per block: the chunk's input rows for one
     // block stay in L1 while every output channel reads them.
     for (int64_t ci0 = 0; ci0 < g.c_in; ci0 += kInputChannelBlock) {
       const int64_t cib = std::min(kInputChannelBlock, g.c_in - ci0);
       const bool last = ci0 + cib == g.c_in;
-      for (int64_t co0 = 0; co0 < g.c_out; co0 += kMaxChannelBlock) {
-        const int cob = static_cast<int>(std::min<int64_t>(kMaxChannelBlock, g.c_out - co0));
+      for (int64_t co0 = 0; co0 < g.c_out; co0 += g.co_block) {
+        const int cob = static_cast<int>(std::min<int64_t>(g.co_block, g.c_out - co0));
         ChunkArgs<acc_t> args{rows + ci0 * g.padded_w + x,
                               g.row_stride,
                               g.padded_w,
@@ -155,11 +157,11 @@ void direct_row(const DirectGeometry& g, const acc_t* rows, const acc_t* packed,
                               nullptr,
                               0,
                               n_out,
-                              partial + co0 * 2 * kChunkCols,
+                              partial + co0 * 2 * g.chunk_cols,
                               ci0 == 0,
                               last};
         if (last) target.prepare(args, co0, x);
-        chunk_kernel<acc_t>(cob)(args);
+        k.chunk[cob - 1](args);
         if (last) target.finish(args, co0, cob, x);
       }
     }

@@ -1,7 +1,7 @@
 // Winograd F(2x2, 3x3) and F(4x4, 3x3) kernels for AVX2+FMA (see winograd.h for the method).
 //
-// Like chunk_avx2.cpp this file is compiled for AVX2 through a target pragma, with everything
-// after it in an anonymous namespace.
+// Compiled for AVX2 through a target pragma, everything after it in an anonymous namespace or
+// the avx2 namespace (as kernels_avx2.cpp does), and named in the avx2 and avx512 kernel tables.
 #include "winograd.h"
 
 #if defined(__x86_64__)
@@ -10,16 +10,17 @@
 
 #include <algorithm>
 
-#include "avx2_helpers.h"
+#include "pooled_chunk.h"
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
+
+#include "vec/avx2.h"
 
 namespace simplecnn::cpu {
 namespace {
 
-using avx2::max_keep_nan;
-using avx2::relu_keep_nan;
+using VF = avx2::Vec<float>;  // the vector layer: max_keep_nan, relu_keep_nan
 
 // True when any lane of `check` is NaN. The checks accumulate fma(value, 0, check), which turns
 // NaN as soon as one value is infinite or NaN.
@@ -196,11 +197,11 @@ bool output_transform(const WinogradTilesArgs& a) {
       const __m256 bias = _mm256_loadu_ps(a.bias + co);
       for (int wy = 0; wy < W; ++wy)
         for (int wx = 0; wx < W; ++wx) {
-          const __m256 top = max_keep_nan(y[2 * wy][2 * wx], y[2 * wy][2 * wx + 1]);
-          const __m256 bottom = max_keep_nan(y[2 * wy + 1][2 * wx], y[2 * wy + 1][2 * wx + 1]);
-          const __m256 window = max_keep_nan(top, bottom);
+          const __m256 top = VF::max_keep_nan(y[2 * wy][2 * wx], y[2 * wy][2 * wx + 1]);
+          const __m256 bottom = VF::max_keep_nan(y[2 * wy + 1][2 * wx], y[2 * wy + 1][2 * wx + 1]);
+          const __m256 window = VF::max_keep_nan(top, bottom);
           _mm256_storeu_ps(pooled + (wy * W + wx) * a.co_padded + co,
-                           relu_keep_nan(_mm256_add_ps(window, bias)));
+                           VF::relu_keep_nan(_mm256_add_ps(window, bias)));
         }
     }
   }
@@ -286,11 +287,4 @@ bool winograd_tiles_avx2(const WinogradTilesArgs& args) {
 
 #pragma GCC pop_options
 
-#else  // not x86-64: the driver never takes the Winograd path
-
-namespace simplecnn::cpu {
-bool winograd_tiles_avx2(const WinogradTilesArgs&) { return false; }
-void transform_weights_avx2(int, const float*, int64_t, float*, int64_t, bool) {}
-}  // namespace simplecnn::cpu
-
-#endif
+#endif  // x86-64: the kernel table names these only there

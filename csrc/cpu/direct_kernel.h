@@ -1,0 +1,151 @@
+// The direct micro-kernel, written once against the vector layer (vec/README.md) and stamped
+// out per instruction set by kernels_*.cpp, which include this file inside their ISA's
+// namespace after its Vec. See pooled_chunk.h for what one call computes.
+//
+// No #include here: everything this file uses is included by kernels_*.cpp before their
+// `#pragma GCC target`, so no inline function of a shared header is compiled for an ISA.
+
+// The window index the stock path's gradient takes (ChunkArgs::index) for Vec::size windows at
+// once, from the four conv values of each window in max-pool order, stored as int8. Stock
+// max-pool keeps the first of equal maxima and moves to every NaN it meets (so the last NaN
+// wins); ReLU's gradient is zero where the max <= 0. The values are rounded to the storage
+// dtype first: two that round to one number are a tie there.
+template <typename T>
+inline void store_window_indices(typename Vec<T>::V (&v)[4], StorageType storage, int8_t* dst,
+                                 int n) {
+  using VT = Vec<T>;
+  for (int p = 0; p < 4; ++p) v[p] = VT::round_to(v[p], storage);
+  typename VT::V best = v[0], index = VT::zero();
+  for (int p = 1; p < 4; ++p) {
+    const auto take = VT::either(VT::greater(v[p], best), VT::is_nan(v[p]));
+    best = VT::select(take, v[p], best);
+    index = VT::select(take, VT::set1(T(p)), index);
+  }
+  const auto flows = VT::either(VT::greater(best, VT::zero()), VT::is_nan(best));
+  VT::store_int8(dst, VT::select(flows, index, VT::set1(T(-1))), n);
+}
+
+// Register blocking: for each input channel, the 4 input rows under one pooled row feed 2 conv
+// rows x CO output channels x NV vectors of conv columns, 2 * CO * NV accumulators. Each input
+// segment is loaded once per kx and feeds up to 2 * CO weights, each weight NV FMAs. AVX2:
+// 2 x 3 x 2 = 12 of the 16 ymm registers; AVX-512: 2 x 6 x 2 = 24 of the 32 zmm.
+template <typename T, int CO, int NV>
+void direct_chunk(const ChunkArgs<T>& a) {
+  using VT = Vec<T>;
+  using V = typename VT::V;
+  constexpr int L = VT::size, COLS = NV * L;
+  V acc[2][CO][NV];  // [conv row][channel][vector of columns]
+  // The loops over channels and vectors are unrolled at once (pragmas) so that GCC sees
+  // constant indices and keeps `acc` in registers; left to its later unroller it keeps the
+  // array on the stack.
+#pragma GCC unroll 8
+  for (int co = 0; co < CO; ++co) {
+#pragma GCC unroll 2
+    for (int h = 0; h < NV; ++h) {
+      // Starting from the bias adds it to each conv value before the max, as the stock conv
+      // does, so an infinite bias gives the stock NaN/Inf results.
+      if (a.first) {
+        acc[0][co][h] = acc[1][co][h] = VT::set1(a.bias[co]);
+      } else {  // partial is [2][CO][COLS]
+        acc[0][co][h] = VT::load(a.partial + (0 * CO + co) * COLS + h * L);
+        acc[1][co][h] = VT::load(a.partial + (1 * CO + co) * COLS + h * L);
+      }
+    }
+  }
+
+  const T* in = a.in;
+  const T* w = a.weight;
+  for (int64_t ci = 0; ci < a.c_in; ++ci, in += a.in_ch_stride, w += 9 * CO) {
+    // Opaque to GCC: otherwise it precomputes every weight address of the unrolled loop
+    // and runs out of registers (8 stack accesses per channel at AVX2, 2 channels).
+    asm("" : "+r"(w));
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {  // input row r feeds conv row 0 (ky = r) and 1 (ky = r - 1)
+      const T* row = in + r * a.in_row_stride;
+#pragma GCC unroll 3
+      for (int kx = 0; kx < 3; ++kx) {
+        V x[NV];
+#pragma GCC unroll 2
+        for (int h = 0; h < NV; ++h) x[h] = VT::load(row + kx + h * L);
+        if (r < 3) {
+#pragma GCC unroll 8
+          for (int co = 0; co < CO; ++co) {
+            const auto wv = VT::broadcast(w + (r * 3 + kx) * CO + co);
+#pragma GCC unroll 2
+            for (int h = 0; h < NV; ++h) acc[0][co][h] = VT::fmadd(wv, x[h], acc[0][co][h]);
+          }
+        }
+        if (r > 0) {
+#pragma GCC unroll 8
+          for (int co = 0; co < CO; ++co) {
+            const auto wv = VT::broadcast(w + ((r - 1) * 3 + kx) * CO + co);
+#pragma GCC unroll 2
+            for (int h = 0; h < NV; ++h) acc[1][co][h] = VT::fmadd(wv, x[h], acc[1][co][h]);
+          }
+        }
+      }
+    }
+  }
+
+  if (!a.last) {
+#pragma GCC unroll 8
+    for (int co = 0; co < CO; ++co) {
+#pragma GCC unroll 2
+      for (int h = 0; h < NV; ++h) {
+        VT::store(a.partial + (0 * CO + co) * COLS + h * L, acc[0][co][h]);
+        VT::store(a.partial + (1 * CO + co) * COLS + h * L, acc[1][co][h]);
+      }
+    }
+    return;
+  }
+  // Pooling: vectors h and h + 1 (or h twice, for an odd last one) hold 2L conv columns, whose
+  // even and odd columns are the left and right of L pooled columns.
+#pragma GCC unroll 8
+  for (int co = 0; co < CO; ++co) {
+#pragma GCC unroll 2
+    for (int h = 0; h < NV; h += 2) {
+      const int h1 = h + 1 < NV ? h + 1 : h, first = h * L / 2;
+      const int n = a.n_out - first < L ? a.n_out - first : L;
+      if (n <= 0) break;
+      if (a.index != nullptr) {
+        V v[4];
+        VT::even_odd(acc[0][co][h], acc[0][co][h1], v[0], v[1]);
+        VT::even_odd(acc[1][co][h], acc[1][co][h1], v[2], v[3]);
+        store_window_indices<T>(v, a.storage, a.index + co * a.index_ch_stride + first, n);
+        continue;
+      }
+      // Vertical max of the two conv rows, then horizontal max of column pairs; ReLU once per
+      // pooled value: max(relu(c)) == relu(max(c)).
+      V even, odd;
+      VT::even_odd(VT::max_keep_nan(acc[0][co][h], acc[1][co][h]),
+                   VT::max_keep_nan(acc[0][co][h1], acc[1][co][h1]), even, odd);
+      const V pooled = VT::relu_keep_nan(VT::max_keep_nan(even, odd));
+      T* dst = a.out + co * a.out_ch_stride + first;
+      if (n == L) {
+        VT::store(dst, pooled);
+      } else {
+        VT::store_first(dst, pooled, n);
+      }
+    }
+  }
+}
+
+// Fills k.chunk[0 .. CO) with the kernels for blocks of 1..CO output channels.
+template <typename T, int NV, int CO>
+void fill_direct_kernels(DirectKernels<T>& k) {
+  if constexpr (CO > 0) {
+    k.chunk[CO - 1] = direct_chunk<T, CO, NV>;
+    fill_direct_kernels<T, NV, CO - 1>(k);
+  }
+}
+
+// The direct kernels of one ISA: NV vectors of conv columns, blocks of up to MaxCO channels.
+template <typename T, int NV, int MaxCO>
+DirectKernels<T> direct_kernels() {
+  static_assert(MaxCO <= kMaxCoBlock && NV * Vec<T>::size <= kMaxChunkCols);
+  DirectKernels<T> k;
+  k.chunk_cols = NV * Vec<T>::size;
+  k.max_co_block = MaxCO;
+  fill_direct_kernels<T, NV, MaxCO>(k);
+  return k;
+}

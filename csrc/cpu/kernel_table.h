@@ -1,0 +1,73 @@
+// The CPU kernels as one table of function pointers per instruction-set level, and the
+// resolver that picks the level calls take (as XNNPACK's hardware config and PyTorch's
+// DispatchStub do). The drivers read kernels, vector widths and blockings from the table.
+//
+// Levels, best first: "avx512" (AVX-512 F/BW/DQ/VL with the OS saving zmm state), "avx2"
+// (AVX2 + FMA + F16C), "generic" (portable C++). The kernels are templates over the vector
+// layer (vec/README.md) stamped out per level in kernels_<level>.cpp. A level's table may
+// name a lower level's kernel where it has none of its own, and nullptr where the level has
+// no such kernel at all (the drivers then choose an algorithm that has one).
+#pragma once
+
+#include "backward_grad.h"
+#include "implicit_gemm.h"
+#include "pooled_chunk.h"
+#include "winograd.h"
+
+#include <string>
+#include <vector>
+
+namespace simplecnn::cpu {
+
+// The direct kernel of one level and dtype: blocks of 1..max_co_block output channels.
+template <typename T>
+struct DirectKernels {
+  int chunk_cols = 0;  // conv columns per call (a multiple of 2)
+  int max_co_block = 0;
+  ChunkKernel<T> chunk[kMaxCoBlock] = {};  // [co_block - 1]
+};
+
+struct CpuKernels {
+  const char* name;  // the level
+  DirectKernels<float> direct;
+  // Wide layers (nullptr where the level has none: the direct kernel runs), and the level
+  // these kernels were built for.
+  const char* wide_level = nullptr;
+  void (*window_gemm)(const WindowGemmArgs&) = nullptr;
+  void (*transpose)(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+                    int64_t dst_stride) = nullptr;
+  bool (*winograd_tiles)(const WinogradTilesArgs&) = nullptr;
+  void (*transform_weights)(int m, const float* g, int64_t channels, float* u,
+                            int64_t position_stride, bool stream) = nullptr;
+  // Backward loops (nullptr: the drivers' portable loops).
+  float (*fill_strips)(const float* grad, const int8_t* index, int64_t wo, float* strip,
+                       int64_t stride, int64_t strip_w) = nullptr;
+  void (*grad_weight)(const ChannelGradArgs<float>&) = nullptr;
+  void (*grad_input)(const ChannelGradArgs<float>&) = nullptr;
+};
+
+// Each level's table, filled once (kernels_<level>.cpp). The x86 ones exist only on x86-64.
+const CpuKernels& generic_kernels();
+const CpuKernels& avx2_kernels();
+const CpuKernels& avx512_kernels();
+// float64 runs the portable direct kernel on every level.
+const DirectKernels<double>& generic_direct_kernels_f64();
+
+// The levels this CPU (and OS) can run, best first; always ends with "generic".
+const std::vector<std::string>& supported_capabilities();
+// The table calls take now: the best supported level, or SIMPLECNN_CPU_CAPABILITY (read at
+// first use; a level the CPU lacks is an error naming the ones it has), or the last one set.
+const CpuKernels& cpu_kernels();
+// Makes `level` the one calls take (an error if this CPU cannot run it).
+void set_cpu_capability(const std::string& level);
+
+template <typename acc_t>
+const DirectKernels<acc_t>& direct_kernels() {
+  if constexpr (std::is_same_v<acc_t, double>) {
+    return generic_direct_kernels_f64();
+  } else {
+    return cpu_kernels().direct;
+  }
+}
+
+}  // namespace simplecnn::cpu

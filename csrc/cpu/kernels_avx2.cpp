@@ -1,0 +1,46 @@
+// The "avx2" level (AVX2 + FMA + F16C): the vector-layer kernels stamped out for AVX2 through a
+// target pragma, in their own namespace, so no AVX2 code can stand in for a generic function at
+// link time; everything they include is included before the pragma. The table is only built
+// once the resolver (cpu_capability.cpp) has seen the CPU run AVX2.
+#include "kernel_table.h"
+
+#if defined(__x86_64__)
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+
+#include "vec/avx2.h"
+
+namespace simplecnn::cpu::avx2 {
+#include "direct_kernel.h"
+}  // namespace simplecnn::cpu::avx2
+
+#pragma GCC pop_options
+
+namespace simplecnn::cpu {
+
+const CpuKernels& avx2_kernels() {
+  static const CpuKernels kernels = [] {
+    CpuKernels k{"avx2"};
+    // 2 conv rows x 3 channels x 2 vectors = 12 of the 16 ymm registers as accumulators.
+    k.direct = avx2::direct_kernels<float, 2, 3>();
+    k.wide_level = "avx2";
+    k.window_gemm = window_gemm_avx2;
+    k.transpose = transpose_avx2;
+    k.winograd_tiles = winograd_tiles_avx2;
+    k.transform_weights = transform_weights_avx2;
+    k.fill_strips = fill_strips_avx2;
+    k.grad_weight = grad_weight_avx2;
+    k.grad_input = grad_input_avx2;
+    return k;
+  }();
+  return kernels;
+}
+
+}  // namespace simplecnn::cpu
+
+#endif
