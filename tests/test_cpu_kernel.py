@@ -196,21 +196,24 @@ def test_simd_kernels_keep_their_accumulators_in_registers(tmp_path):
             fmas, spills = _vector_stack_accesses(direct, name)
             assert fmas == 36 * co, f"{name}: {fmas} FMAs, expected {36 * co}"
             assert spills <= 2 if co > 1 else spills <= 4, f"{name}: {spills} stack accesses"
-    winograd = _disassemble("csrc/cpu/winograd_avx2.cpp", tmp_path)
-    for rows in (1, 6):
-        fmas, spills = _vector_stack_accesses(winograd, f"gemm_tiles<{rows}>")
-        assert fmas == 2 * rows, f"gemm_tiles<{rows}>: {fmas} FMAs, expected {2 * rows}"
-        assert spills == 0, f"gemm_tiles<{rows}>: {spills} ymm stack accesses"
-    implicit_gemm = _disassemble("csrc/cpu/implicit_gemm_avx2.cpp", tmp_path)
-    fmas, spills = _vector_stack_accesses(implicit_gemm, "window_gemm_avx2")
-    assert fmas == 8, f"window_gemm_avx2: {fmas} FMAs, expected 8"
-    assert spills == 0, f"window_gemm_avx2: {spills} ymm stack accesses"
+        # Winograd's GEMM: tiles x 16 channels (AVX2: 2 ymm per tile, up to 6 tiles; AVX-512:
+        # 1 zmm, up to 12); the implicit GEMM: 4 window positions x 16 channels.
+        vectors, max_rows = (2, 6) if level == "avx2" else (1, 12)
+        for rows in (1, max_rows):
+            name = f"{level}::winograd::gemm_tiles<{rows}>"
+            fmas, spills = _vector_stack_accesses(direct, name)
+            assert fmas == vectors * rows, f"{name}: {fmas} FMAs, expected {vectors * rows}"
+            assert spills == 0, f"{name}: {spills} stack accesses"
+        name = f"{level}::implicit_gemm::window_gemm"
+        fmas, spills = _vector_stack_accesses(direct, name)
+        assert fmas == 4 * vectors, f"{name}: {fmas} FMAs, expected {4 * vectors}"
+        assert spills == 0, f"{name}: {spills} stack accesses"
 
 
 # --- the Winograd path (wide layers) -----------------------------------------------------------
 
-# The levels with wide-layer kernels (Winograd, implicit GEMM); generic runs the direct kernel.
-simd_levels = pytest.mark.parametrize("level", cpu_levels(["avx512", "avx2"]))
+# Every level has the wide-layer kernels (Winograd, implicit GEMM).
+all_levels = pytest.mark.parametrize("level", cpu_levels())
 
 
 def _algorithm(x, w):
@@ -218,14 +221,13 @@ def _algorithm(x, w):
     return torch.ops.simplecnn._cpu_algorithm(x, w).split("/")[0]
 
 
-@simd_levels
+@all_levels
 def test_algorithm_choice(level):
     from checks import make_inputs
 
     wide = make_inputs(1, 64, 64, 16, 16)
     assert _algorithm(*wide[:2]) == "winograd_2x2"  # 16 4x4 tiles: too few for F(4x4)
-    # The Winograd and implicit-GEMM kernels of both levels are AVX2's so far.
-    assert torch.ops.simplecnn._cpu_algorithm(*wide[:2]) == "winograd_2x2/avx2"
+    assert torch.ops.simplecnn._cpu_algorithm(*wide[:2]) == f"winograd_2x2/{level}"
     assert torch.ops.simplecnn._cpu_algorithm(*make_inputs(2, 3, 18, 32, 32)[:2]) == (
         f"direct/{level}"
     )
@@ -267,7 +269,7 @@ IMPLICIT_GEMM_SHAPES = [
 ]
 
 
-@simd_levels
+@all_levels
 def test_implicit_gemm_on_a_tall_image_stages_blocks_of_rows(level):
     # An infinite weight keeps this many windows off Winograd; the image is staged in 3 blocks
     # of pooled rows.
@@ -281,7 +283,7 @@ def test_implicit_gemm_on_a_tall_image_stages_blocks_of_rows(level):
     assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"), x, w, b)
 
 
-@simd_levels
+@all_levels
 @pytest.mark.parametrize("special", [float("nan"), float("inf"), -float("inf")], ids=str)
 @pytest.mark.parametrize("where", ["input", "weight", "input and bias"])
 def test_implicit_gemm_nan_and_inf_as_stock(special, where, level):
@@ -314,7 +316,7 @@ print("ok")
 """
 
 
-@simd_levels
+@all_levels
 @pytest.mark.parametrize("setting", ["0", "2x2"])
 def test_winograd_can_be_switched_off_or_kept_to_2x2(setting, level):
     _run_with_env(
@@ -338,7 +340,7 @@ WINOGRAD_4X4_SHAPES = [
 ]
 
 
-@simd_levels
+@all_levels
 @pytest.mark.parametrize(
     ("algorithm", "shape"),
     [("winograd_2x2", s) for s in WINOGRAD_2X2_SHAPES]
@@ -358,7 +360,7 @@ def test_wide_layer_algorithms_match_stock(algorithm, shape, dtype, layout, leve
     assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"), x, w, b)
 
 
-@simd_levels
+@all_levels
 @pytest.mark.parametrize("special", [float("nan"), float("inf"), -float("inf")], ids=str)
 @pytest.mark.parametrize(("algorithm", "n"), [("winograd_2x2", 3), ("winograd_4x4", 4)])
 def test_winograd_tiles_with_nan_or_inf_fall_back_to_direct_sums(special, algorithm, n, level):
@@ -376,7 +378,7 @@ def test_winograd_tiles_with_nan_or_inf_fall_back_to_direct_sums(special, algori
     assert not torch.isfinite(out).all()
 
 
-@simd_levels
+@all_levels
 @pytest.mark.parametrize(
     ("algorithm", "shape"),
     [("winograd_2x2", (16, 16, 80, 4, 4)), ("winograd_4x4", (64, 16, 80, 4, 4))],

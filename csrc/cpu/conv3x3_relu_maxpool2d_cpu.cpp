@@ -138,7 +138,7 @@ Algorithm choose_algorithm(const CpuKernels& k, const at::Tensor& input, const a
 // Winograd work items: at most this many tiles per call (GEMM rows; measured best, larger
 // groups' work space leaves L2), or one row of tiles where a row has more, and the cost of a
 // call beyond its tiles (staging, streaming the transformed weights), in tiles. The GEMM takes
-// its rows kWinogradGemmRows at a time.
+// its rows winograd_gemm_rows (kernel_table.h) at a time.
 constexpr int64_t kWinograd2x2GroupTiles = 48;
 constexpr int64_t kWinograd4x4GroupTiles = 32;
 constexpr int64_t kCallOverheadTiles = 8;
@@ -274,13 +274,14 @@ class FusedForward {
     const int64_t tiles_h = ceil_div(Ho_, window_side), tiles_w = ceil_div(Wo_, window_side);
     const int64_t per_image = tiles_h * tiles_w, threads = at::get_num_threads();
     const int64_t blocks = wino_co() / kWinogradCoBlock;
+    const int64_t rows_per_call = kernels_.winograd_gemm_rows;
     int64_t images = 1, rows = tiles_h, splits = 1;
     {
       const int64_t max_tiles = m == 2 ? kWinograd2x2GroupTiles : kWinograd4x4GroupTiles;
       int64_t best = std::numeric_limits<int64_t>::max();
       auto consider = [&](int64_t i, int64_t r, int64_t s) {
         const int64_t items = ceil_div(N_, i) * ceil_div(tiles_h, r) * s;
-        const int64_t gemm_rows = ceil_div(i * r * tiles_w, kWinogradGemmRows) * kWinogradGemmRows;
+        const int64_t gemm_rows = ceil_div(i * r * tiles_w, rows_per_call) * rows_per_call;
         const int64_t cost = ceil_div(items, threads) * (gemm_rows + kCallOverheadTiles) *
                              ceil_div(blocks, s);
         if (cost < best) best = cost, images = i, rows = r, splits = s;

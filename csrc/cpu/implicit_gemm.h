@@ -1,10 +1,11 @@
-// The implicit-GEMM kernel for wide layers on small images: the interface of its AVX2 version.
+// The implicit-GEMM kernel for wide layers on small images: the interface of its kernels
+// (implicit_gemm_kernel.h, one per instruction-set level in the kernel table).
 //
 // The direct kernel vectorizes over 16 conv columns; on a 4x4 or 8x8 image most of those lanes
 // fall outside the image. This kernel vectorizes over output channels instead: one call computes
 // one pooled window for 16 output channels as a tiny GEMM, rows = the window's 4 conv positions,
-// K = 9 taps x C_in, in 8 registers (4 positions x 2 vectors of 8 channels) that start from the
-// bias, then max and ReLU. Only the pooled values are stored. The sums are direct sums (no transform), so NaN and
+// K = 9 taps x C_in, in registers (4 positions x 16 channels) that start from the bias, then max
+// and ReLU. Only the pooled values are stored. The sums are direct sums (no transform), so NaN and
 // Inf behave as in the direct kernel, with no fallback.
 #pragma once
 
@@ -12,7 +13,7 @@
 
 namespace simplecnn::cpu {
 
-constexpr int kGemmCoBlock = 16;  // output channels per call: 2 AVX2 vectors
+constexpr int kGemmCoBlock = 16;  // output channels per call
 
 struct WindowGemmArgs {
   // Channels-last staged input ([row][column][channel], channel stride 1) at the window's
@@ -32,13 +33,10 @@ struct WindowGemmArgs {
   bool last;
 };
 
-// One window, 16 output channels (see above).
-void window_gemm_avx2(const WindowGemmArgs& args);
-
-// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols: a transpose, 8x8
-// at a time. Packs weight blocks ([16 channels][9 C_in] to [9 C_in][16]) and stages NCHW
-// input rows channels-last ([C][W] to [W][C]).
-void transpose_avx2(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
-                    int64_t dst_stride);
+// The kernels (kernel_table.h: CpuKernels::window_gemm, transpose):
+// - window_gemm(args): one window, 16 output channels (see above).
+// - transpose(src, src_stride, rows, cols, dst, dst_stride): dst[c * dst_stride + r] =
+//   src[r * src_stride + c] for r < rows, c < cols. Packs weight blocks ([16 channels][9 C_in]
+//   to [9 C_in][16]) and stages NCHW input rows channels-last ([C][W] to [W][C]).
 
 }  // namespace simplecnn::cpu

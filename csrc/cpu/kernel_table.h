@@ -37,6 +37,7 @@ struct CpuKernels {
   void (*transpose)(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
                     int64_t dst_stride) = nullptr;
   bool (*winograd_tiles)(const WinogradTilesArgs&) = nullptr;
+  int winograd_gemm_rows = 0;  // tiles per Winograd GEMM call, at most
   void (*transform_weights)(int m, const float* g, int64_t channels, float* u,
                             int64_t position_stride, bool stream) = nullptr;
   // Backward loops (nullptr: the drivers' portable loops).

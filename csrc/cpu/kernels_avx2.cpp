@@ -17,6 +17,8 @@
 
 namespace simplecnn::cpu::avx2 {
 #include "direct_kernel.h"
+#include "implicit_gemm_kernel.h"
+#include "winograd_kernel.h"
 }  // namespace simplecnn::cpu::avx2
 
 #pragma GCC pop_options
@@ -29,10 +31,12 @@ const CpuKernels& avx2_kernels() {
     // 2 conv rows x 3 channels x 2 vectors = 12 of the 16 ymm registers as accumulators.
     k.direct = avx2::direct_kernels<float, 2, 3>();
     k.wide_level = "avx2";
-    k.window_gemm = window_gemm_avx2;
-    k.transpose = transpose_avx2;
-    k.winograd_tiles = winograd_tiles_avx2;
-    k.transform_weights = transform_weights_avx2;
+    k.window_gemm = avx2::implicit_gemm::window_gemm;
+    k.transpose = avx2::implicit_gemm::transpose;
+    // 6 tiles x 2 vectors = 12 accumulators.
+    k.winograd_tiles = avx2::winograd::compute_tiles<6>;
+    k.winograd_gemm_rows = 6;
+    k.transform_weights = avx2::winograd::transform_weights;
     k.fill_strips = fill_strips_avx2;
     k.grad_weight = grad_weight_avx2;
     k.grad_input = grad_input_avx2;

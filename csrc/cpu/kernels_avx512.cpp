@@ -1,6 +1,6 @@
 // The "avx512" level (AVX-512 F/BW/DQ/VL): the vector-layer kernels stamped out for AVX-512, as
-// kernels_avx2.cpp does for AVX2. Kernels not yet written against the vector layer (Winograd,
-// the implicit GEMM, the backward loops) are the AVX2 level's.
+// kernels_avx2.cpp does for AVX2. The transpose and the backward loops, not yet written for
+// AVX-512, are the AVX2 level's.
 #include "kernel_table.h"
 
 #if defined(__x86_64__)
@@ -20,6 +20,8 @@
 
 namespace simplecnn::cpu::avx512 {
 #include "direct_kernel.h"
+#include "implicit_gemm_kernel.h"
+#include "winograd_kernel.h"
 }  // namespace simplecnn::cpu::avx512
 
 #pragma GCC pop_options
@@ -33,6 +35,12 @@ const CpuKernels& avx512_kernels() {
     k.name = "avx512";
     // 2 conv rows x 6 channels x 2 vectors = 24 of the 32 zmm registers as accumulators.
     k.direct = avx512::direct_kernels<float, 2, 6>();
+    k.wide_level = "avx512";
+    k.window_gemm = avx512::implicit_gemm::window_gemm;
+    // 12 tiles x 1 vector = 12 accumulators.
+    k.winograd_tiles = avx512::winograd::compute_tiles<12>;
+    k.winograd_gemm_rows = 12;
+    k.transform_weights = avx512::winograd::transform_weights;
     return k;
   }();
   return kernels;

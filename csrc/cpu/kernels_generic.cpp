@@ -1,5 +1,6 @@
 // The "generic" level: the vector-layer kernels (vec/generic.h) built for the baseline target,
-// for CPUs without AVX2 and for float64 on every level.
+// for CPUs without AVX2 and for float64 on every level (the direct kernel). The backward
+// loops are the drivers' portable ones.
 #include "kernel_table.h"
 
 #include <cstdint>
@@ -9,13 +10,20 @@
 namespace simplecnn::cpu {
 namespace generic {
 #include "direct_kernel.h"
+#include "implicit_gemm_kernel.h"
+#include "winograd_kernel.h"
 }  // namespace generic
 
 const CpuKernels& generic_kernels() {
   static const CpuKernels kernels = [] {
     CpuKernels k{"generic"};
-    k.wide_level = "generic";  // none: the direct kernel runs
     k.direct = generic::direct_kernels<float, 2, 3>();
+    k.wide_level = "generic";
+    k.window_gemm = generic::implicit_gemm::window_gemm;
+    k.transpose = generic::implicit_gemm::transpose;
+    k.winograd_tiles = generic::winograd::compute_tiles<6>;
+    k.winograd_gemm_rows = 6;
+    k.transform_weights = generic::winograd::transform_weights;
     return k;
   }();
   return kernels;

@@ -1,4 +1,5 @@
-// Winograd F(2x2, 3x3) and F(4x4, 3x3) for wide layers: the interface of the AVX2 kernel.
+// Winograd F(2x2, 3x3) and F(4x4, 3x3) for wide layers: the interface of its kernels
+// (winograd_kernel.h, one per instruction-set level in the kernel table).
 //
 // A tile of m x m conv outputs (m = 2: one 2x2 pool window; m = 4: 2x2 windows) comes from the
 // (m+2) x (m+2) input tile under it as Y = A^T [ U (.) V ] A, with V = B^T d B per input
@@ -23,9 +24,8 @@
 
 namespace simplecnn::cpu {
 
-constexpr int kWinogradCoBlock = 16;  // output channels per GEMM micro-kernel (2 x 8 floats)
-constexpr int kWinogradCiAlign = 8;   // input channels are padded to a multiple of this
-constexpr int kWinogradGemmRows = 6;  // tiles per GEMM micro-kernel call (fewer at the end)
+constexpr int kWinogradCoBlock = 16;  // output channels per GEMM micro-kernel call
+constexpr int kWinogradCiAlign = 16;  // input channels are padded to a multiple of this (zmm)
 
 // One call computes the pooled outputs of `images` x `rows` x `cols` tiles of m x m conv
 // outputs: tile rows [ty0, ty0 + rows) of `images` consecutive images, all tile columns. Tile t
@@ -52,16 +52,15 @@ struct WinogradTilesArgs {
   float* pooled;
 };
 
-// Computes the tiles; false when it met a non-finite value (nothing usable in `pooled`).
-bool winograd_tiles_avx2(const WinogradTilesArgs& args);
-
-// The weight transform U = G g G^T of F(m x m, 3x3), in double, of kWinogradCoBlock output
-// channels and `channels` input channels: g[ci][tap][16] in; out, rounded to float once,
-// u[position * position_stride + ci * 16 + channel] for the (m+2)^2 tile positions. With
-// `stream`, the lines bypass the caches (u and position_stride 64-byte aligned): for a U of
-// megabytes, read back once per group of tiles, caching it on the way only evicts the GEMMs'
-// data (measured 5-9% faster at 256 -> 256 and 256 -> 512 channels, 4% slower at 64 -> 128).
-void transform_weights_avx2(int m, const float* g, int64_t channels, float* u,
-                            int64_t position_stride, bool stream);
+// The kernels (kernel_table.h: CpuKernels::winograd_tiles, transform_weights):
+// - winograd_tiles(args) computes the tiles; false when it met a non-finite value (nothing
+//   usable in `pooled`).
+// - transform_weights(m, g, channels, u, position_stride, stream): the weight transform
+//   U = G g G^T of F(m x m, 3x3), in double, of kWinogradCoBlock output channels and `channels`
+//   input channels: g[ci][tap][16] in; out, rounded to float once,
+//   u[position * position_stride + ci * 16 + channel] for the (m+2)^2 tile positions. With
+//   `stream`, the lines bypass the caches (u and position_stride 64-byte aligned): for a U of
+//   megabytes, read back once per group of tiles, caching it on the way only evicts the GEMMs'
+//   data (measured 5-9% faster at 256 -> 256 and 256 -> 512 channels, 4% slower at 64 -> 128).
 
 }  // namespace simplecnn::cpu

@@ -22,9 +22,16 @@ struct Vec<float> {
     _mm256_maskstore_ps(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLanes + 8 - n)),
                         v);
   }
+  // Stores that bypass the caches (p 32-byte aligned), and the fence that orders them before
+  // later loads of other threads.
+  static void stream(float* p, V v) { _mm256_stream_ps(p, v); }
+  static void stream_fence() { _mm_sfence(); }
   static V set1(float x) { return _mm256_set1_ps(x); }
   static V zero() { return _mm256_setzero_ps(); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
   // A scalar operand of fmadd, from memory, in a register. The broadcast is asm so that GCC
   // cannot merge the broadcasts of one *p and hold the values in registers instead (it spills
   // the accumulators then).
@@ -61,10 +68,32 @@ struct Vec<float> {
     }
     return v;
   }
+  static bool any_nan(V v) {
+    return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0;
+  }
   static Mask greater(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
   static Mask is_nan(V v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
   static Mask either(Mask a, Mask b) { return _mm256_or_ps(a, b); }
   static V select(Mask m, V if_true, V if_false) { return _mm256_blendv_ps(if_false, if_true, m); }
+  // dst[c * dst_stride + r] = src[r * src_stride + c] for an 8x8 block.
+  static void transpose8x8(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+    V r[8], t[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
+    for (int i = 0; i < 8; i += 2) {  // interleave row pairs
+      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {  // then pairs of pairs
+      r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+      r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+      r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+      r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; ++i) {  // then the 128-bit halves
+      _mm256_storeu_ps(dst + i * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+      _mm256_storeu_ps(dst + (i + 4) * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+    }
+  }
   static void store_int8(int8_t* p, V v, int n) {
     alignas(32) int32_t lanes[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), _mm256_cvtps_epi32(v));

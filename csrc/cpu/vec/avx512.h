@@ -20,9 +20,16 @@ struct Vec<float> {
   static void store_first(float* p, V v, int n) {
     _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
   }
+  // Stores that bypass the caches (p 64-byte aligned), and the fence that orders them before
+  // later loads of other threads.
+  static void stream(float* p, V v) { _mm512_stream_ps(p, v); }
+  static void stream_fence() { _mm_sfence(); }
   static V set1(float x) { return _mm512_set1_ps(x); }
   static V zero() { return _mm512_setzero_ps(); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
   // A scalar operand of fmadd, from memory: with AVX-512 the broadcast folds into the FMA
   // ({1to16}), no instruction or register of its own. Measured on the direct kernel (Zen 4):
   // 5-15% faster than a broadcast register shared by two FMAs.
@@ -61,6 +68,7 @@ struct Vec<float> {
     }
     return v;
   }
+  static bool any_nan(V v) { return is_nan(v) != 0; }
   static Mask greater(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
   static Mask is_nan(V v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }
   static Mask either(Mask a, Mask b) { return static_cast<Mask>(a | b); }

@@ -30,6 +30,13 @@ struct Vec {
   }
   static V set1(T x) { return map([&](int) { return x; }); }
   static V zero() { return set1(T(0)); }
+  static V add(V a, V b) { return map([&](int i) { return a.lane[i] + b.lane[i]; }); }
+  static V sub(V a, V b) { return map([&](int i) { return a.lane[i] - b.lane[i]; }); }
+  static V fnmadd(V a, V b, V c) {
+    return map([&](int i) { return c.lane[i] - a.lane[i] * b.lane[i]; });
+  }
+  static void stream(T* p, V v) { store(p, v); }
+  static void stream_fence() {}
   static V fmadd(V a, V b, V c) {
     return map([&](int i) { return a.lane[i] * b.lane[i] + c.lane[i]; });
   }
@@ -57,6 +64,11 @@ struct Vec {
           [&](int i) { return T(static_cast<float>(c10::BFloat16(static_cast<float>(v.lane[i])))); });
     return v;
   }
+  static bool any_nan(V v) {
+    bool nan = false;
+    for (int i = 0; i < size; ++i) nan |= v.lane[i] != v.lane[i];
+    return nan;
+  }
   static Mask greater(V a, V b) {
     Mask m;
     for (int i = 0; i < size; ++i) m.lane[i] = a.lane[i] > b.lane[i];
@@ -73,6 +85,10 @@ struct Vec {
   }
   static V select(Mask m, V if_true, V if_false) {
     return map([&](int i) { return m.lane[i] ? if_true.lane[i] : if_false.lane[i]; });
+  }
+  static void transpose8x8(const T* src, int64_t src_stride, T* dst, int64_t dst_stride) {
+    for (int r = 0; r < 8; ++r)
+      for (int c = 0; c < 8; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
   }
   static void store_int8(int8_t* p, V v, int n) {
     for (int i = 0; i < n; ++i) p[i] = static_cast<int8_t>(v.lane[i]);

@@ -1,0 +1,75 @@
+// The implicit-GEMM kernel (see implicit_gemm.h for what one call computes), written once
+// against the vector layer and stamped out per instruction set by kernels_*.cpp, which include
+// this file inside their ISA's namespace after its Vec (no #include here, as in
+// direct_kernel.h).
+namespace implicit_gemm {
+
+using VF = Vec<float>;
+using V = VF::V;
+constexpr int kL = VF::size;
+constexpr int kNV = kGemmCoBlock / kL;  // vectors per block of output channels
+
+// Per tap and input channel: kNV weight loads and 4 input broadcasts feed 4 * kNV FMAs (AVX2:
+// 8 accumulators; AVX-512: 4).
+inline void window_gemm(const WindowGemmArgs& a) {
+  V acc[4][kNV];  // [window position in max-pool order][vector of channels]
+#pragma GCC unroll 4
+  for (int p = 0; p < 4; ++p)
+#pragma GCC unroll 2
+    for (int h = 0; h < kNV; ++h)
+      // Starting from the bias, as stock adds it to every conv value: an infinite bias then
+      // gives stock's NaN where a conv value is the opposite infinity.
+      acc[p][h] = a.first ? VF::load(a.bias + h * kL) : VF::load(a.partial + p * kGemmCoBlock + h * kL);
+  for (int k = 0; k < 9; ++k) {
+    // The window's conv positions (y, x) in max-pool order read input (y + ky, x + kx).
+    const float* x0 = a.in + (k / 3) * a.in_row_stride + (k % 3) * a.in_col_stride;
+    const float* x[4] = {x0, x0 + a.in_col_stride, x0 + a.in_row_stride,
+                         x0 + a.in_row_stride + a.in_col_stride};
+    const float* w = a.weight + k * kGemmCoBlock;
+    for (int64_t ci = 0; ci < a.c_in; ++ci) {
+      V wv[kNV];
+#pragma GCC unroll 2
+      for (int h = 0; h < kNV; ++h) wv[h] = VF::load(w + ci * 9 * kGemmCoBlock + h * kL);
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) {
+        const auto xb = VF::broadcast(x[p] + ci);
+#pragma GCC unroll 2
+        for (int h = 0; h < kNV; ++h) acc[p][h] = VF::fmadd(xb, wv[h], acc[p][h]);
+      }
+    }
+  }
+  if (!a.last) {
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; ++p)
+#pragma GCC unroll 2
+      for (int h = 0; h < kNV; ++h) VF::store(a.partial + p * kGemmCoBlock + h * kL, acc[p][h]);
+    return;
+  }
+#pragma GCC unroll 2
+  for (int h = 0; h < kNV; ++h) {
+    const V top = VF::max_keep_nan(acc[0][h], acc[1][h]);
+    const V bottom = VF::max_keep_nan(acc[2][h], acc[3][h]);
+    VF::store(a.out + h * kL, VF::relu_keep_nan(VF::max_keep_nan(top, bottom)));
+  }
+}
+
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols, 8x8 at a time
+// (Vec::transpose8x8, which the AVX2 and generic layers have). Packs weight blocks ([16
+// channels][9 C_in] to [9 C_in][16]) and stages NCHW input rows channels-last ([C][W] to [W][C]).
+template <typename Layer = VF>
+void transpose(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+               int64_t dst_stride) {
+  int64_t r = 0;
+  for (; r + 8 <= rows; r += 8) {
+    int64_t c = 0;
+    for (; c + 8 <= cols; c += 8)
+      Layer::transpose8x8(src + r * src_stride + c, src_stride, dst + c * dst_stride + r,
+                          dst_stride);
+    for (; c < cols; ++c)
+      for (int64_t i = r; i < r + 8; ++i) dst[c * dst_stride + i] = src[i * src_stride + c];
+  }
+  for (; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+}
+
+}  // namespace implicit_gemm
