@@ -17,7 +17,10 @@ from .ops import (
     conv3x3_relu_maxpool2d,
     cpu_capabilities,
     cpu_capability,
+    cpu_winograd,
     forced_cpu_capability,
+    get_cpu_winograd,
+    set_cpu_winograd,
 )
 
 __version__ = "0.1.0"
@@ -32,6 +35,9 @@ __all__ = [
     "conv3x3_relu_maxpool2d",
     "cpu_capabilities",
     "cpu_capability",
+    "cpu_winograd",
     "forced_cpu_capability",
+    "get_cpu_winograd",
+    "set_cpu_winograd",
     "fuse",
 ]

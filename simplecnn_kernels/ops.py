@@ -212,6 +212,40 @@ def forced_cpu_capability(level: str):
         torch.ops.simplecnn._set_cpu_capability(saved)
 
 
+WINOGRAD_SETTINGS = ("4x4", "2x2", "off")
+
+
+def get_cpu_winograd() -> str:
+    """How far the CPU kernel may use Winograd transforms for float32, float16 and bfloat16
+    layers of 16 channels and more: ``"4x4"`` (F(4x4, 3x3) where it pays, else F(2x2, 3x3); the
+    default), ``"2x2"`` (F(2x2, 3x3) only) or ``"off"`` (direct sums). Fewer products are faster
+    and round more: README "Precision" has the figures. The CPU's counterpart of
+    ``torch.backends.cudnn.allow_tf32`` / ``torch.set_float32_matmul_precision``; the default
+    comes from the environment variable ``SIMPLECNN_CPU_WINOGRAD`` (``0`` or ``off``, ``2x2``,
+    ``4x4``)."""
+    return torch.ops.simplecnn._cpu_winograd()
+
+
+def set_cpu_winograd(setting: str) -> None:
+    """Sets how far the CPU kernel may use Winograd (see get_cpu_winograd), for every later call
+    of the process."""
+    if setting not in WINOGRAD_SETTINGS:
+        raise ValueError(f"Winograd setting {setting!r}: expected one of {WINOGRAD_SETTINGS}")
+    torch.ops.simplecnn._set_cpu_winograd(setting)
+
+
+@contextlib.contextmanager
+def cpu_winograd(setting: str):
+    """The Winograd setting (see get_cpu_winograd) inside the block, the previous one after it:
+    ``with simplecnn_kernels.cpu_winograd("off"): ...``. Process-wide, not per thread."""
+    saved = get_cpu_winograd()
+    set_cpu_winograd(setting)
+    try:
+        yield
+    finally:
+        set_cpu_winograd(saved)
+
+
 def _reference(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return F.max_pool2d(F.relu(F.conv2d(input, weight, bias, stride=1, padding=1)), 2, 2)
 

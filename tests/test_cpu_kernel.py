@@ -308,20 +308,44 @@ import torch
 import simplecnn_kernels as sk
 from checks import assert_matches_reference, make_inputs
 
-expected = {"0": "direct", "2x2": "winograd_2x2"}[os.environ["SIMPLECNN_CPU_WINOGRAD"]]
+setting = os.environ["SIMPLECNN_CPU_WINOGRAD"]
 x, w, b = make_inputs(2, 32, 32, 16, 64)  # 128 tiles of 4x4: F(4x4) by default
-assert torch.ops.simplecnn._cpu_algorithm(x, w).split("/")[0] == expected
-assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b), x, w, b)
+try:
+    algorithm = torch.ops.simplecnn._cpu_algorithm(x, w).split("/")[0]
+except RuntimeError as error:
+    assert setting == "bogus", error
+    assert "SIMPLECNN_CPU_WINOGRAD='bogus': expected" in str(error), error
+else:
+    expected = {"0": "direct", "off": "direct", "2x2": "winograd_2x2", "4x4": "winograd_4x4"}
+    assert algorithm == expected[setting], algorithm
+    assert sk.get_cpu_winograd() == {"0": "off"}.get(setting, setting)
+    assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b), x, w, b)
 print("ok")
 """
 
 
+@pytest.mark.parametrize("setting", ["0", "off", "2x2", "4x4", "bogus"])
+def test_winograd_default_comes_from_the_environment(setting):
+    _run_with_env(WINOGRAD_SETTING_CHECK, SIMPLECNN_CPU_WINOGRAD=setting)
+
+
 @all_levels
-@pytest.mark.parametrize("setting", ["0", "2x2"])
-def test_winograd_can_be_switched_off_or_kept_to_2x2(setting, level):
-    _run_with_env(
-        WINOGRAD_SETTING_CHECK, SIMPLECNN_CPU_WINOGRAD=setting, SIMPLECNN_CPU_CAPABILITY=level
-    )
+def test_winograd_setting_is_read_per_call(level):
+    from checks import assert_matches_reference, make_inputs
+
+    x, w, b = make_inputs(2, 32, 32, 16, 64)
+    before = sk.get_cpu_winograd()
+    for setting, expected in [("off", "direct"), ("2x2", "winograd_2x2"), ("4x4", "winograd_4x4")]:
+        with sk.cpu_winograd(setting):
+            assert sk.get_cpu_winograd() == setting
+            assert _algorithm(x, w) == expected
+            assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b), x, w, b)
+        assert sk.get_cpu_winograd() == before
+    with pytest.raises(ValueError, match="Winograd setting '8x8': expected one of"):
+        sk.set_cpu_winograd("8x8")
+    with pytest.raises(RuntimeError, match="Winograd setting '8x8': expected"):
+        torch.ops.simplecnn._set_cpu_winograd("8x8")
+    assert sk.get_cpu_winograd() == before
 
 
 WINOGRAD_2X2_SHAPES = [

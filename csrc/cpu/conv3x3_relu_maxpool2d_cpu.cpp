@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <limits>
 #include <memory>
@@ -89,19 +90,31 @@ constexpr int64_t kGemmCiBlock = 48;
 constexpr int64_t kWinogradMinWindows = 64;
 constexpr int64_t kWinograd4x4MinTiles = 64;
 
-// SIMPLECNN_CPU_WINOGRAD (read once): "0" keeps every layer on the direct sums, "2x2" keeps
-// Winograd to F(2x2, 3x3): the transforms' rounding error is larger than the direct sums'
-// (winograd.h), which a user may not want to trade.
-enum class WinogradSetting { kOff, k2x2Only, kAny };
+// How far Winograd may go (simplecnn_kernels.set_cpu_winograd, read per call): "4x4" allows
+// F(4x4, 3x3) where it pays, "2x2" keeps to F(2x2, 3x3), "off" to the direct sums: the
+// transforms' rounding error is larger than the direct sums' (winograd.h), which a user may
+// not want to trade. The default comes from SIMPLECNN_CPU_WINOGRAD ("0" is "off"; unset: "4x4").
+enum class WinogradSetting : int { kOff, k2x2Only, kAny };
+constexpr const char* kWinogradSettingNames[] = {"off", "2x2", "4x4"};
+
+WinogradSetting parse_winograd_setting(const std::string& text, const char* source) {
+  for (int i = 0; i < 3; ++i)
+    if (text == kWinogradSettingNames[i]) return static_cast<WinogradSetting>(i);
+  TORCH_CHECK(false, source, "'", text, "': expected \"4x4\", \"2x2\" or \"off\"");
+}
+
+std::atomic<int> winograd_setting_now{-1};  // -1: not yet read from the environment
+
 WinogradSetting winograd_setting() {
-  static const WinogradSetting setting = [] {
-    const char* value = std::getenv("SIMPLECNN_CPU_WINOGRAD");
-    const std::string text = value == nullptr ? "" : value;
-    if (text == "0") return WinogradSetting::kOff;
-    if (text == "2x2") return WinogradSetting::k2x2Only;
-    return WinogradSetting::kAny;
-  }();
-  return setting;
+  const int now = winograd_setting_now.load(std::memory_order_relaxed);
+  if (now >= 0) return static_cast<WinogradSetting>(now);
+  const char* value = std::getenv("SIMPLECNN_CPU_WINOGRAD");
+  const std::string text = value == nullptr || *value == '\0' ? "4x4" : value;
+  const WinogradSetting from_env =
+      text == "0" ? WinogradSetting::kOff : parse_winograd_setting(text, "SIMPLECNN_CPU_WINOGRAD=");
+  int expected = -1;  // unless set_cpu_winograd came first
+  winograd_setting_now.compare_exchange_strong(expected, static_cast<int>(from_env));
+  return static_cast<WinogradSetting>(winograd_setting_now.load(std::memory_order_relaxed));
 }
 
 template <typename acc_t>
@@ -494,6 +507,13 @@ class FusedForward {
 
 std::string cpu_capability() { return cpu_kernels().name; }
 
+std::string cpu_winograd() { return kWinogradSettingNames[static_cast<int>(winograd_setting())]; }
+
+void set_cpu_winograd(const std::string& setting) {
+  winograd_setting_now.store(static_cast<int>(parse_winograd_setting(setting, "Winograd setting ")),
+                             std::memory_order_relaxed);
+}
+
 std::vector<std::string> cpu_capabilities() { return supported_capabilities(); }
 
 void set_capability(const std::string& level) { set_cpu_capability(level); }
@@ -539,6 +559,9 @@ TORCH_LIBRARY_FRAGMENT(simplecnn, m) {
   m.def("_cpu_capability() -> str", &simplecnn::cpu::cpu_capability);
   m.def("_cpu_capabilities() -> str[]", &simplecnn::cpu::cpu_capabilities);
   m.def("_set_cpu_capability(str level) -> ()", &simplecnn::cpu::set_capability);
+  // How far the CPU kernel may use Winograd: "4x4", "2x2" or "off".
+  m.def("_cpu_winograd() -> str", &simplecnn::cpu::cpu_winograd);
+  m.def("_set_cpu_winograd(str setting) -> ()", &simplecnn::cpu::set_cpu_winograd);
   // Which algorithm the CPU kernel picks for these arguments and the level of its kernel:
   // "direct", "winograd_4x4", "winograd_2x2" or "implicit_gemm", then "/" and the level.
   m.def("_cpu_algorithm(Tensor input, Tensor weight) -> str");
