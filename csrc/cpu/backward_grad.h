@@ -1,13 +1,16 @@
-// The backward pass's per-channel gradient loops (conv3x3_relu_maxpool2d_cpu_backward.cpp),
-// with an AVX2 version in backward_avx2.cpp. Free of ATen headers, like pooled_chunk.h.
+// The backward pass's per-channel gradient loops (conv3x3_relu_maxpool2d_cpu_backward.cpp):
+// their arguments, and the portable strip filling (AVX2's in backward_avx2.cpp); the loops
+// themselves are in backward_kernel.h. Free of ATen headers, like pooled_chunk.h.
 #pragma once
 
 #include <cstdint>
 
 namespace simplecnn::cpu {
 
-constexpr int kStripAlign = 8;   // strip widths are padded to a multiple of this (one ymm)
-constexpr int kStripMargin = 8;  // zeros before and after each strip row, for shifted reads
+// Strip widths are padded to a multiple of this (one zmm); each strip row has this many zeros
+// before and after it, for shifted and whole-vector reads.
+constexpr int kStripAlign = 16;
+constexpr int kStripMargin = 16;
 
 // One (output channel, input channel) pair of one image. The strips hold the gradient of the
 // output channel's conv output under each pooled row (conv rows 2*py and 2*py + 1), zero except
@@ -48,11 +51,5 @@ acc_t fill_strips(const acc_t* grad, const int8_t* index, int64_t wo, acc_t* str
 // fill_strips without branches (the positions are data-dependent: branches mispredict).
 float fill_strips_avx2(const float* grad, const int8_t* index, int64_t wo, float* strip,
                        int64_t stride, int64_t strip_w);
-
-// grad_weight[ky*3+kx] += sum over conv positions of strip * input(shifted by ky, kx).
-void grad_weight_avx2(const ChannelGradArgs<float>& args);
-// grad_rows += the strips scattered through the weights (a transposed convolution): staged
-// column c gets strip[c - kx] * weight[..][kx], for every column c < grad_w.
-void grad_input_avx2(const ChannelGradArgs<float>& args);
 
 }  // namespace simplecnn::cpu

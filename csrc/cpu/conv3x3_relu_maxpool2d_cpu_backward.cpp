@@ -30,51 +30,6 @@ namespace simplecnn {
 namespace cpu {
 namespace {
 
-// The portable gradient loops (float64, and levels without their own): backward_avx2.cpp's,
-// in plain C++.
-template <typename acc_t>
-void grad_weight_generic(const ChannelGradArgs<acc_t>& a) {
-  for (int64_t py = 0; py < a.ho; ++py)
-    for (int r = 0; r < 2; ++r) {  // conv row 2*py + r reads input rows 2*py + r + ky - 1
-      const acc_t* strip = a.strips + (py * 2 + r) * a.strip_stride;
-      for (int ky = 0; ky < 3; ++ky)
-        for (int kx = 0; kx < 3; ++kx) {
-          const acc_t* row = a.rows + (2 * py + r + ky) * a.row_stride + kx;
-          acc_t sum = 0;
-          for (int64_t x = 0; x < a.strip_w; ++x) sum += strip[x] * row[x];
-          a.grad_weight[ky * 3 + kx] += sum;
-        }
-    }
-}
-
-template <typename acc_t>
-void grad_input_generic(const ChannelGradArgs<acc_t>& a) {
-  for (int64_t py = 0; py < a.ho; ++py)
-    for (int r = 0; r < 2; ++r) {
-      const acc_t* strip = a.strips + (py * 2 + r) * a.strip_stride;
-      for (int ky = 0; ky < 3; ++ky)
-        for (int kx = 0; kx < 3; ++kx) {
-          acc_t* row = a.grad_rows + (2 * py + r + ky) * a.grad_row_stride;
-          const acc_t wv = a.weight[ky * 3 + kx];
-          for (int64_t c = 0; c < a.grad_w; ++c) row[c] += wv * strip[c - kx];
-        }
-    }
-}
-
-template <typename acc_t>
-void channel_grad(const CpuKernels& k, const ChannelGradArgs<acc_t>& a, bool input_grad,
-                  bool weight_grad) {
-  if constexpr (std::is_same_v<acc_t, float>) {
-    if (k.grad_weight != nullptr && k.grad_input != nullptr) {
-      if (weight_grad) k.grad_weight(a);
-      if (input_grad) k.grad_input(a);
-      return;
-    }
-  }
-  if (weight_grad) grad_weight_generic(a);
-  if (input_grad) grad_input_generic(a);
-}
-
 template <typename scalar_t>
 constexpr StorageType storage_type() {
   if constexpr (std::is_same_v<scalar_t, at::Half>) return StorageType::kHalf;
@@ -108,7 +63,8 @@ class FusedBackward {
   FusedBackward(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
                 const std::optional<at::Tensor>& bias)
       : grad_out_(grad_out), input_(input), kernels_(cpu_kernels()),
-        direct_(direct_kernels<acc_t>()), g_(input, weight, direct_), N_(input.size(0)),
+        direct_(direct_kernels<acc_t>()), grad_(grad_kernels<acc_t>()), g_(input, weight, direct_),
+        N_(input.size(0)),
         H_(input.size(2)), Ho_(input.size(2) / 2), Wo_(g_.wo),
         // Strips cover conv columns [0, 2*Wo) rounded up to whole vectors; the staged rows are
         // wide enough for those reads (padded_w >= round_up(2*Wo, chunk_cols) + 2).
@@ -154,12 +110,13 @@ class FusedBackward {
         for (int64_t ci = 0; ci < g_.c_in; ++ci)
           for (int64_t co = 0; co < g_.c_out; ++co) {
             const int64_t pair = (co * g_.c_in + ci) * 9;
-            channel_grad(kernels_, ChannelGradArgs<acc_t>{ws.rows.data() + ci * g_.padded_w, g_.row_stride,
-                                                grad_rows.data() + ci * grad_w, grad_row_stride,
-                                                grad_w, channel_strips(ws, co), strip_stride_,
-                                                strip_w_, Ho_, weights_.data() + pair,
-                                                my_sums + pair},
-                         mask[0], mask[1]);
+            const ChannelGradArgs<acc_t> args{ws.rows.data() + ci * g_.padded_w, g_.row_stride,
+                                              grad_rows.data() + ci * grad_w, grad_row_stride,
+                                              grad_w, channel_strips(ws, co), strip_stride_,
+                                              strip_w_, Ho_, weights_.data() + pair,
+                                              my_sums + pair};
+            if (mask[1]) grad_.weight(args);
+            if (mask[0]) grad_.input(args);
           }
         if (mask[0]) {  // staged row r, column c hold input row r - 1, column c - 1
           scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>() + n * grad_input.stride(0);
@@ -270,6 +227,7 @@ class FusedBackward {
   const at::Tensor& input_;
   const CpuKernels& kernels_;  // the level's, read once per call
   const DirectKernels<acc_t>& direct_;
+  const GradKernels<acc_t>& grad_;
   const DirectGeometry g_;
   const int64_t N_, H_, Ho_, Wo_, strip_w_, strip_stride_, strips_per_channel_;
   const std::vector<acc_t> packed_, bias_;

@@ -27,6 +27,13 @@ struct DirectKernels {
   ChunkKernel<T> chunk[kMaxCoBlock] = {};  // [co_block - 1]
 };
 
+// The backward pass's per-channel gradient loops of one level and dtype (backward_kernel.h).
+template <typename T>
+struct GradKernels {
+  void (*weight)(const ChannelGradArgs<T>&) = nullptr;
+  void (*input)(const ChannelGradArgs<T>&) = nullptr;
+};
+
 struct CpuKernels {
   const char* name;  // the level
   DirectKernels<float> direct;
@@ -40,19 +47,20 @@ struct CpuKernels {
   int winograd_gemm_rows = 0;  // tiles per Winograd GEMM call, at most
   void (*transform_weights)(int m, const float* g, int64_t channels, float* u,
                             int64_t position_stride, bool stream) = nullptr;
-  // Backward loops (nullptr: the drivers' portable loops).
+  // Backward: the gradient loops, and the strip filling (nullptr: backward_grad.h's portable
+  // fill_strips).
+  GradKernels<float> grad;
   float (*fill_strips)(const float* grad, const int8_t* index, int64_t wo, float* strip,
                        int64_t stride, int64_t strip_w) = nullptr;
-  void (*grad_weight)(const ChannelGradArgs<float>&) = nullptr;
-  void (*grad_input)(const ChannelGradArgs<float>&) = nullptr;
 };
 
 // Each level's table, filled once (kernels_<level>.cpp). The x86 ones exist only on x86-64.
 const CpuKernels& generic_kernels();
 const CpuKernels& avx2_kernels();
 const CpuKernels& avx512_kernels();
-// float64 runs the portable direct kernel on every level.
+// float64 runs the portable direct kernel and gradient loops on every level.
 const DirectKernels<double>& generic_direct_kernels_f64();
+const GradKernels<double>& generic_grad_kernels_f64();
 
 // The levels this CPU (and OS) can run, best first; always ends with "generic".
 const std::vector<std::string>& supported_capabilities();
@@ -68,6 +76,15 @@ const DirectKernels<acc_t>& direct_kernels() {
     return generic_direct_kernels_f64();
   } else {
     return cpu_kernels().direct;
+  }
+}
+
+template <typename acc_t>
+const GradKernels<acc_t>& grad_kernels() {
+  if constexpr (std::is_same_v<acc_t, double>) {
+    return generic_grad_kernels_f64();
+  } else {
+    return cpu_kernels().grad;
   }
 }
 

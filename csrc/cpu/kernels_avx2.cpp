@@ -16,6 +16,7 @@
 #include "vec/avx2.h"
 
 namespace simplecnn::cpu::avx2 {
+#include "backward_kernel.h"
 #include "direct_kernel.h"
 #include "implicit_gemm_kernel.h"
 #include "winograd_kernel.h"
@@ -37,9 +38,9 @@ const CpuKernels& avx2_kernels() {
     k.winograd_tiles = avx2::winograd::compute_tiles<6>;
     k.winograd_gemm_rows = 6;
     k.transform_weights = avx2::winograd::transform_weights;
+    k.grad.weight = avx2::backward::grad_weight<float>;
+    k.grad.input = avx2::backward::grad_input<float>;
     k.fill_strips = fill_strips_avx2;
-    k.grad_weight = grad_weight_avx2;
-    k.grad_input = grad_input_avx2;
     return k;
   }();
   return kernels;

@@ -1,6 +1,6 @@
 // The "generic" level: the vector-layer kernels (vec/generic.h) built for the baseline target,
-// for CPUs without AVX2 and for float64 on every level (the direct kernel). The backward
-// loops are the drivers' portable ones.
+// for CPUs without AVX2 and for float64 on every level (the direct kernel and the gradient
+// loops). Strip filling is backward_grad.h's portable fill_strips.
 #include "kernel_table.h"
 
 #include <cstdint>
@@ -9,6 +9,7 @@
 
 namespace simplecnn::cpu {
 namespace generic {
+#include "backward_kernel.h"
 #include "direct_kernel.h"
 #include "implicit_gemm_kernel.h"
 #include "winograd_kernel.h"
@@ -24,6 +25,8 @@ const CpuKernels& generic_kernels() {
     k.winograd_tiles = generic::winograd::compute_tiles<6>;
     k.winograd_gemm_rows = 6;
     k.transform_weights = generic::winograd::transform_weights;
+    k.grad.weight = generic::backward::grad_weight<float>;
+    k.grad.input = generic::backward::grad_input<float>;
     return k;
   }();
   return kernels;
@@ -31,6 +34,12 @@ const CpuKernels& generic_kernels() {
 
 const DirectKernels<double>& generic_direct_kernels_f64() {
   static const DirectKernels<double> kernels = generic::direct_kernels<double, 2, 3>();
+  return kernels;
+}
+
+const GradKernels<double>& generic_grad_kernels_f64() {
+  static const GradKernels<double> kernels{generic::backward::grad_weight<double>,
+                                           generic::backward::grad_input<double>};
   return kernels;
 }
 

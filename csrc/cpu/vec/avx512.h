@@ -68,6 +68,7 @@ struct Vec<float> {
     }
     return v;
   }
+  static float sum(V v) { return _mm512_reduce_add_ps(v); }  // of the lanes
   static bool any_nan(V v) { return is_nan(v) != 0; }
   static Mask greater(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
   static Mask is_nan(V v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }

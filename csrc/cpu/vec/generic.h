@@ -64,6 +64,11 @@ struct Vec {
           [&](int i) { return T(static_cast<float>(c10::BFloat16(static_cast<float>(v.lane[i])))); });
     return v;
   }
+  static T sum(V v) {  // of the lanes
+    T total = 0;
+    for (int i = 0; i < size; ++i) total += v.lane[i];
+    return total;
+  }
   static bool any_nan(V v) {
     bool nan = false;
     for (int i = 0; i < size; ++i) nan |= v.lane[i] != v.lane[i];
