@@ -1,7 +1,9 @@
 """Timing and machine description for the benchmarks.
 
-CPU: the providers of one comparison run interleaved, one call each per round, so the ±15% drift
-of a shared machine hits all of them alike; medians of the rounds are reported.
+CPU: each provider is timed two ways, both reported (medians): "interleaved", the providers of one
+comparison one call each per round, so the ±15% drift of a shared machine hits all of them alike;
+and "block", each provider's calls back to back after its warm-up, as a program calling one of
+them would run (caches and branch predictors warm with its own code and data only).
 GPU: ``triton.testing.do_bench`` (CUDA events, after warm-up, L2 flushed before each call, so
 the numbers are cold-cache) or CUDA events directly where triton is missing.
 """
@@ -71,22 +73,40 @@ def time_cpu(
     min_rounds: int = 5,
     max_rounds: int = 50,
     budget_s: float = 2.0,
-) -> dict[str, float]:
-    """Median milliseconds per call of each function, measured in interleaved rounds."""
+) -> dict[str, dict[str, float]]:
+    """Median milliseconds per call of each function, per timing mode: {"interleaved": {name: ms},
+    "block": {name: ms}}; each mode takes as many calls of each function (the rounds that fit in
+    `budget_s`, within `min_rounds` to `max_rounds`)."""
     for fn in fns.values():  # warm-up: first-call allocation, thread pool start, compiled code
         fn()
         fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
     start = time.perf_counter()
-    for round_ in range(max_rounds):
-        if round_ >= min_rounds and time.perf_counter() - start > budget_s:
-            break
-        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-            t0 = time.perf_counter()
-            fns[name]()
-            samples[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    rounds = 0
+    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < budget_s):
+        for name in names[rounds % len(names) :] + names[: rounds % len(names)]:
+            samples[name].append(_call_ms(fns[name]))
+        rounds += 1
+    interleaved = {name: statistics.median(s) for name, s in samples.items()}
+    block = {}
+    for name, fn in fns.items():
+        fn()  # warm again: the other providers ran since
+        fn()
+        block[name] = statistics.median(_call_ms(fn) for _ in range(rounds))
+    return {"interleaved": interleaved, "block": block}
+
+
+def _call_ms(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def speedup(modes: dict[str, dict[str, float]], base: str, provider: str) -> float:
+    """`base`'s time over `provider`'s, in the timing mode (of `modes`: mode -> name -> ms) less
+    favourable to `provider`."""
+    return min(times[base] / times[provider] for times in modes.values())
 
 
 def time_cuda(fns: dict[str, Callable[[], object]]) -> dict[str, float]:
@@ -118,18 +138,19 @@ def _time_cuda_events(fn: Callable[[], object], reps: int = 50) -> float:
     return statistics.median(times)
 
 
-def cpu_fma_peak_gflops(threads: int) -> float | None:
-    """The CPU's float32 FMA peak on `threads` threads, from bench/fma_peak.cpp (None where it
-    cannot be built: no g++, or not x86-64)."""
+def cpu_fma_peak_gflops(threads: int) -> dict[str, float]:
+    """The CPU's float32 FMA peak on `threads` threads per instruction-set level ("avx2", and
+    "avx512" where the CPU has AVX-512F), from bench/fma_peak.cpp (empty where it cannot be
+    built: no g++, or not x86-64)."""
     if shutil.which("g++") is None or platform.machine() != "x86_64":
-        return None
+        return {}
     source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fma_peak.cpp")
     with tempfile.TemporaryDirectory() as tmp:
         binary = os.path.join(tmp, "fma_peak")
         subprocess.run(["g++", "-O2", "-fopenmp", source, "-o", binary], check=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         out = subprocess.run([binary], env=env, check=True, capture_output=True, text=True).stdout
-    return float(out.split()[0])
+    return {line.split()[0]: float(line.split()[1]) for line in out.splitlines()}
 
 
 def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:

@@ -2,10 +2,15 @@
 
 For every device here (the CPU; a CUDA GPU when present) and every fused backend that runs on
 it, it checks the fused result against a float64 stock result, then times it side by side with
-stock eager (NCHW), stock channels_last and ``torch.compile`` of the stock composition, over batch
-sizes, for the layer and for the whole model. It prints a table (median ms, speedups, GFLOP/s,
-% of peak, images/s) and writes bench/results/<name>.json (after every case, so an interrupted
-run keeps what it measured) and <name>.png.
+the stock variants a user could pick: eager (NCHW), channels_last, ``torch.compile`` of the stock
+composition and, on the CPU, ``torch.compile`` of it in channels_last (input and weights or
+model), over batch sizes, for the layer and for the whole model. On CPUs with AVX-512 it also
+times the fused op with its kernels held to AVX2 ("fused@avx2"). On the CPU every provider is
+timed both interleaved with the others and in a block of its own (measure.py); every speedup is
+the less favourable of the two, and "x best stock" compares with the fastest stock variant.
+It prints a table (median ms, speedups, GFLOP/s, % of peak, images/s) and writes
+bench/results/<name>.json (after every case, so an interrupted run keeps what it measured) and
+<name>.png.
 
     python bench/run.py                      # every device here, float32
     python bench/run.py --device cuda --dtype float32 bfloat16 --cases 3-18 --batches 4096
@@ -26,6 +31,7 @@ from measure import (
     cpu_fma_peak_gflops,
     machine,
     machine_label,
+    speedup,
     time_cpu,
     time_cuda,
 )
@@ -36,6 +42,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 LAYERS = {  # case name: (C_in, C_out, H, W)
     "3-18": (3, 18, 32, 32),  # the SimpleCNN layer
     "64-64": (64, 64, 32, 32),  # wide channels
+    "128-128": (128, 128, 16, 16),  # wider, on a smaller image (as deeper in a network)
 }
 MODELS = {"model": sk.SimpleCNN, "vgg": sk.CifarVGG}  # case name: model class
 CASES = [*LAYERS, *MODELS]
@@ -43,26 +50,40 @@ DEFAULT_BATCHES = {
     "cpu": {
         "3-18": [1, 16, 64, 256, 1024],
         "64-64": [1, 16, 64],
+        "128-128": [1, 64],
         "model": [1, 16, 64, 256, 1024],
         "vgg": [1, 16, 64],
     },
     "cuda": {
         "3-18": [1, 256, 4096, 16384],
         "64-64": [64, 1024],
+        "128-128": [64, 1024],
         "model": [256, 4096],
         "vgg": [64, 1024],
     },
 }
 DEFAULT_COMPILE_MODE = {"cpu": "default", "cuda": "max-autotune"}
 MODEL_NAMES = {"model": "SimpleCNN model", "vgg": "CifarVGG model (fuse)"}
+# Where the CPU kernels can run at AVX-512, the AVX2 level is timed too (provider "fused@avx2").
+AVX2_TOO = {"avx512", "avx2"} <= set(sk.cpu_capabilities())
 
 
 def stock(x, w, b):
     return F.max_pool2d(F.relu(F.conv2d(x, w, b, stride=1, padding=1)), 2, 2)
 
 
-def fused_backends(device: str) -> list[str]:
-    return [b for b in sk.ops.backends_for(device) if b != "reference"]
+def fused_backends(device: str, dtype: torch.dtype = torch.float32) -> list[str]:
+    return [b for b in sk.ops.backends_for(device, dtype) if b != "reference"]
+
+
+def at_avx2(fn):
+    """`fn` with the CPU kernels held to the AVX2 level."""
+
+    def call():
+        with sk.forced_cpu_capability("avx2"):
+            return fn()
+
+    return call
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -70,7 +91,6 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def compiled(fn, mode: str):
-    torch._dynamo.reset()  # a fresh cache per case: no recompile limit, no stale guards
     return torch.compile(fn, mode=None if mode == "default" else mode, dynamic=False)
 
 
@@ -88,13 +108,19 @@ def layer_case(device, dtype, case, batch, compile_mode):
     if compile_mode != "none":
         stock_compiled = compiled(stock, compile_mode)
         providers[f"stock compiled ({compile_mode})"] = lambda: stock_compiled(x, w, b)
+        # CPU only: on the GPU each max-autotune compile takes much of bench/gpu_check.sh's time.
+        if device == "cpu":
+            cl_name = f"stock compiled channels_last ({compile_mode})"
+            providers[cl_name] = lambda: stock_compiled(x_cl, w_cl, b)
     fused = {
         f"fused {backend}": lambda backend=backend: sk.conv3x3_relu_maxpool2d(
             x, w, b, backend=backend
         )
-        for backend in fused_backends(device)
+        for backend in fused_backends(device, dtype)
     }
-    if device == "cuda" and "triton" in fused_backends(device):
+    if device == "cpu" and AVX2_TOO:
+        fused["fused@avx2"] = at_avx2(lambda: sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"))
+    if device == "cuda" and "triton" in fused_backends(device, dtype):
         from simplecnn_kernels import triton_conv3x3_relu_maxpool2d as tk
 
         # The multiply-add kernel too, to check the choice of the tensor-core one.
@@ -126,8 +152,12 @@ def model_case(device, dtype, case, batch, compile_mode):
     if compile_mode != "none":
         stock_compiled = compiled(stock_model, compile_mode)
         providers[f"stock compiled ({compile_mode})"] = lambda: stock_compiled(x)
+        if device == "cpu":  # as for the layers
+            stock_cl_compiled = compiled(stock_cl, compile_mode)
+            cl_name = f"stock compiled channels_last ({compile_mode})"
+            providers[cl_name] = lambda: stock_cl_compiled(x_cl)
     errors = {}
-    for backend in fused_backends(device):
+    for backend in fused_backends(device, dtype):
         if cls is sk.SimpleCNN:
             fused = sk.FusedSimpleCNN(device=device, dtype=dtype, backend=backend).eval()
             fused.load_state_dict(stock_model.state_dict())
@@ -138,6 +168,9 @@ def model_case(device, dtype, case, batch, compile_mode):
         if compile_mode != "none":
             fused_compiled = compiled(fused, compile_mode)
             providers[f"fused {backend} compiled"] = lambda m=fused_compiled: m(x)
+        if backend == "cpu" and AVX2_TOO:
+            providers["fused@avx2"] = at_avx2(lambda m=fused: m(x))
+            errors["fused@avx2"] = rel_err(providers["fused@avx2"](), ref)
     flops = model_flops(stock_model, x)
     return providers, errors, flops, None
 
@@ -157,9 +190,9 @@ def run(args) -> None:
     else:
         devices = [args.device]
     for device in devices:
+        start = time.perf_counter()
         info = machine(device)
         compile_mode = args.compile_mode or DEFAULT_COMPILE_MODE[device]
-        timer = time_cuda if device == "cuda" else time_cpu
         plan = [
             (getattr(torch, dtype), case, batch)
             for dtype in args.dtype
@@ -172,6 +205,7 @@ def run(args) -> None:
         if device == "cuda":
             info["copy_bandwidth_gbs"] = round(copy_bandwidth_gbs(), 1)
         else:
+            info["cpu_capability"] = sk.cpu_capability()  # the level the fused "cpu" calls run at
             info["fma_peak_gflops"] = cpu_fma_peak_gflops(torch.get_num_threads())
         name = args.name or device
         result = {"machine": info, "command": " ".join(sys.argv), "compile_mode": compile_mode}
@@ -183,6 +217,7 @@ def run(args) -> None:
                 f"[{i}/{len(plan)}] {device} {str(dtype).removeprefix('torch.')} {case} N={batch}"
             )
             print(label + " ...", end="", file=sys.stderr, flush=True)
+            torch._dynamo.reset()  # a fresh cache per case: no recompile limit, no stale guards
             with torch.no_grad():
                 if case in MODELS:
                     providers, errors, flops, moved = model_case(
@@ -192,34 +227,54 @@ def run(args) -> None:
                     providers, errors, flops, moved = layer_case(
                         device, dtype, case, batch, compile_mode
                     )
-                times = timer(providers)
-            result["rows"] += rows_for(info, case, dtype, batch, times, errors, flops, moved)
+                modes = {"gpu": time_cuda(providers)} if device == "cuda" else time_cpu(providers)
+            result["rows"] += rows_for(info, case, dtype, batch, modes, errors, flops, moved)
             (args.out / f"{name}.json").write_text(json.dumps(result, indent=1))
             print(f" {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         print_table(result)
         plot(result, args.out / f"{name}.png")
-        print(f"wrote {args.out / f'{name}.json'} and {args.out / f'{name}.png'}", file=sys.stderr)
+        print(
+            f"wrote {args.out / f'{name}.json'} and {args.out / f'{name}.png'} "
+            f"({time.perf_counter() - start:.0f}s)",
+            file=sys.stderr,
+        )
 
 
-def rows_for(info, case, dtype, batch, times, errors, flops, moved) -> list[dict]:
-    eager = times["stock eager"]
-    stock_compiled = next((v for k, v in times.items() if k.startswith("stock compiled")), None)
+def rows_for(info, case, dtype, batch, modes, errors, flops, moved) -> list[dict]:
+    """One row per provider; `modes`: timing mode -> provider -> median ms. "ms" is the first
+    mode's ("interleaved" on the CPU); every speedup is the less favourable of the modes."""
+    first = next(iter(modes.values()))
+    stocks = [p for p in first if p.startswith("stock")]
+    stock_compiled = next((p for p in stocks if p.startswith("stock compiled")), None)
+    best = {mode: min(stocks, key=times.get) for mode, times in modes.items()}
+    peaks = info.get("fma_peak_gflops", {})
     rows = []
-    for provider, ms in times.items():
+    for provider, ms in first.items():
+        vs_best = {mode: times[best[mode]] / times[provider] for mode, times in modes.items()}
+        headline_mode = min(vs_best, key=vs_best.get)
+        vs_compiled = None if stock_compiled is None else speedup(modes, stock_compiled, provider)
         row = {
-            "what": MODEL_NAMES.get(case, f"layer {case.replace('-', '->')} 32x32"),
+            "what": case_label(case),
             "dtype": str(dtype).removeprefix("torch."),
             "batch": batch,
             "provider": provider,
             "ms": ms,
-            "speedup_vs_eager": eager / ms,
-            "speedup_vs_compiled": None if stock_compiled is None else stock_compiled / ms,
+            "ms_by_mode": {mode: times[provider] for mode, times in modes.items()},
+            "speedup_vs_eager": speedup(modes, "stock eager", provider),
+            "speedup_vs_compiled": vs_compiled,
+            "speedup_vs_best_stock": vs_best[headline_mode],
+            "best_stock": best[headline_mode],
+            "speedup_vs_best_stock_by_mode": vs_best,
+            "best_stock_by_mode": best,
             "gflops": flops / ms / 1e6,
             "images_per_s": batch / ms * 1e3,
             "max_rel_err": errors.get(provider),
         }
-        if info.get("fma_peak_gflops"):
-            row["fraction_of_peak"] = row["gflops"] / info["fma_peak_gflops"]
+        # The peak of the level the provider's kernels run at (none for "generic"); float32 only:
+        # bfloat16 dot products (AVX512-BF16, in oneDNN) go past the float32 FMA peak.
+        peak = peaks.get("avx2" if provider == "fused@avx2" else info.get("cpu_capability"))
+        if peak and dtype == torch.float32:
+            row["fraction_of_peak"] = row["gflops"] / peak
         if moved is not None and info.get("copy_bandwidth_gbs"):
             row["fraction_of_copy_bandwidth"] = (
                 moved / (ms * 1e-3) / 1e9 / info["copy_bandwidth_gbs"]
@@ -228,11 +283,23 @@ def rows_for(info, case, dtype, batch, times, errors, flops, moved) -> list[dict
     return rows
 
 
+def case_label(case: str) -> str:
+    if case in MODELS:
+        return MODEL_NAMES[case]
+    c_in, c_out, h, w = LAYERS[case]
+    return f"layer {c_in}->{c_out} {h}x{w}"
+
+
 def print_table(result: dict) -> None:
     info = result["machine"]
     print(f"\n## {machine_label(info)}")
     if info.get("fma_peak_gflops"):
-        print(f"% peak: GFLOP/s over the measured FMA peak, {info['fma_peak_gflops']:.0f} GFLOP/s.")
+        peaks = ", ".join(f"{level} {gf:.0f}" for level, gf in info["fma_peak_gflops"].items())
+        levels = info["cpu_capability"] + (", avx2 for fused@avx2" if AVX2_TOO else "")
+        print(
+            f"% peak (float32): GFLOP/s over the measured float32 FMA peak (GFLOP/s: {peaks}) of "
+            f"the level the kernels run at ({levels})."
+        )
     if info.get("copy_bandwidth_gbs"):
         print(
             "% peak (layers): input read once + output written once, over the measured copy "
@@ -240,12 +307,20 @@ def print_table(result: dict) -> None:
         )
     if info.get("device") == "cuda":
         print(f"cuDNN TF32 allowed: {info['cudnn_allow_tf32']}; timings with L2 flushed (cold).")
+    modes = list(result["rows"][0]["ms_by_mode"]) if result["rows"] else []
+    if len(modes) > 1:
+        print(
+            f"Two values: the timing modes {' / '.join(modes)}. Speedups (x) take the mode less "
+            "favourable to the row; x best stock: against the fastest stock variant (named) of "
+            "that mode."
+        )
     print(
         "GFLOP/s count the direct convolution's FLOPs (2 * N * C_out * H * W * C_in * 9), also "
         "for the Winograd path, which does fewer; for models, their convolutions and linear layers."
     )
-    header = ["what", "dtype", "N", "provider", "median ms", "x eager", "x compiled", "GFLOP/s"]
-    header += ["% peak", "images/s", "max rel err"]
+    header = ["what", "dtype", "N", "provider", "median ms", "x eager", "x compiled"]
+    header += ["x best stock", "per mode", "best stock", "GFLOP/s", "% peak", "images/s"]
+    header += ["max rel err"]
     lines = []
     for r in result["rows"]:
         peak = r.get("fraction_of_peak", r.get("fraction_of_copy_bandwidth"))
@@ -256,9 +331,12 @@ def print_table(result: dict) -> None:
                 r["dtype"],
                 str(r["batch"]),
                 r["provider"],
-                f"{r['ms']:.3f}",
+                " / ".join(f"{ms:.3f}" for ms in r["ms_by_mode"].values()),
                 f"{r['speedup_vs_eager']:.2f}",
                 "" if vs_compiled is None else f"{vs_compiled:.2f}",
+                f"{r['speedup_vs_best_stock']:.2f}",
+                " / ".join(f"{x:.2f}" for x in r["speedup_vs_best_stock_by_mode"].values()),
+                r["best_stock"].removeprefix("stock "),
                 f"{r['gflops']:.1f}",
                 "" if peak is None else f"{100 * peak:.0f}%",
                 f"{r['images_per_s']:,.0f}",
