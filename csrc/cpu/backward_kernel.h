@@ -4,6 +4,47 @@
 // direct_kernel.h).
 namespace backward {
 
+// The strips of one pooled row from its gradient (`grad`, wo contiguous values) and window
+// indices: conv row 2*py (strip) and 2*py + 1 (strip + stride) get the gradient at the window
+// position the index names, zeros elsewhere, up to strip_w. Returns the sum of the gradient that
+// flows (the bias gradient's share). Without branches: the positions are data-dependent.
+template <typename T>
+T fill_strips(const T* grad, const int8_t* index, int64_t wo, T* strip, int64_t stride,
+              int64_t strip_w) {
+  using VT = Vec<T>;
+  using V = typename VT::V;
+  constexpr int L = VT::size;
+  const V zero = VT::zero();
+  V sum = zero;
+  int64_t px = 0;
+  for (; px + L <= wo; px += L) {
+    const V k = VT::load_int8(index + px), g = VT::load(grad + px);
+    // v[p]: the gradient where the index is p, else 0 (a select: no 0 * inf = NaN).
+    V v[4];
+    for (int p = 0; p < 4; ++p) v[p] = VT::select(VT::equal(k, VT::set1(T(p))), g, zero);
+    sum = VT::add(sum, VT::add(VT::add(v[0], v[1]), VT::add(v[2], v[3])));
+    // Positions (r, 0) and (r, 1) interleaved into conv columns 2*px, 2*px + 1 of row r.
+    for (int r = 0; r < 2; ++r) {
+      V low, high;
+      VT::interleave(v[2 * r], v[2 * r + 1], low, high);
+      VT::store(strip + r * stride + 2 * px, low);
+      VT::store(strip + r * stride + 2 * px + L, high);
+    }
+  }
+  T total = VT::sum(sum);
+  for (; px < wo; ++px) {  // the last columns
+    const int8_t k = index[px];
+    const T v = k >= 0 ? grad[px] : T(0);
+    strip[2 * px] = k == 0 ? v : T(0);
+    strip[2 * px + 1] = k == 1 ? v : T(0);
+    strip[stride + 2 * px] = k == 2 ? v : T(0);
+    strip[stride + 2 * px + 1] = k == 3 ? v : T(0);
+    total += v;
+  }
+  for (int64_t x = 2 * wo; x < strip_w; ++x) strip[x] = strip[stride + x] = T(0);
+  return total;
+}
+
 // grad_weight[ky*3+kx] += sum over conv positions of strip * input(shifted by ky, kx).
 template <typename T>
 void grad_weight(const ChannelGradArgs<T>& a) {

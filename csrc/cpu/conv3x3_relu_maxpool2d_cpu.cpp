@@ -177,7 +177,7 @@ class FusedForward {
       : input_(input),
         weight_(weight),
         kernels_(cpu_kernels()),
-        direct_(direct_kernels<acc_t>()),
+        direct_(direct_kernels<acc_t>(kernels_)),
         geometry_(input, weight, direct_),
         N_(input.size(0)), C_in_(input.size(1)), C_out_(weight.size(0)),
         Ho_(out.size(2)), Wo_(out.size(3)),

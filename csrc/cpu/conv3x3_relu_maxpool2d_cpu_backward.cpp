@@ -63,7 +63,8 @@ class FusedBackward {
   FusedBackward(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
                 const std::optional<at::Tensor>& bias)
       : grad_out_(grad_out), input_(input), kernels_(cpu_kernels()),
-        direct_(direct_kernels<acc_t>()), grad_(grad_kernels<acc_t>()), g_(input, weight, direct_),
+        direct_(direct_kernels<acc_t>(kernels_)), grad_(grad_kernels<acc_t>(kernels_)),
+        g_(input, weight, direct_),
         N_(input.size(0)),
         H_(input.size(2)), Ho_(input.size(2) / 2), Wo_(g_.wo),
         // Strips cover conv columns [0, 2*Wo) rounded up to whole vectors; the staged rows are
@@ -211,13 +212,7 @@ class FusedBackward {
         const int8_t* k = ws.index.data() + co * plane + py * Wo_;
         acc_t* strip = ws.strips.data() + kStripMargin + co * strips_per_channel_ +
                        py * 2 * strip_stride_;
-        if constexpr (std::is_same_v<acc_t, float>) {
-          if (kernels_.fill_strips != nullptr) {
-            sum += kernels_.fill_strips(ws.grad_row.data(), k, Wo_, strip, strip_stride_, strip_w_);
-            continue;
-          }
-        }
-        sum += fill_strips(ws.grad_row.data(), k, Wo_, strip, strip_stride_, strip_w_);
+        sum += grad_.fill_strips(ws.grad_row.data(), k, Wo_, strip, strip_stride_, strip_w_);
       }
       bias_sums[co] += sum;
     }

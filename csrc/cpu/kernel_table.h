@@ -27,9 +27,12 @@ struct DirectKernels {
   ChunkKernel<T> chunk[kMaxCoBlock] = {};  // [co_block - 1]
 };
 
-// The backward pass's per-channel gradient loops of one level and dtype (backward_kernel.h).
+// The backward pass's strip filling and per-channel gradient loops of one level and dtype
+// (backward_kernel.h).
 template <typename T>
 struct GradKernels {
+  T (*fill_strips)(const T* grad, const int8_t* index, int64_t wo, T* strip, int64_t stride,
+                   int64_t strip_w) = nullptr;
   void (*weight)(const ChannelGradArgs<T>&) = nullptr;
   void (*input)(const ChannelGradArgs<T>&) = nullptr;
 };
@@ -47,11 +50,7 @@ struct CpuKernels {
   int winograd_gemm_rows = 0;  // tiles per Winograd GEMM call, at most
   void (*transform_weights)(int m, const float* g, int64_t channels, float* u,
                             int64_t position_stride, bool stream) = nullptr;
-  // Backward: the gradient loops, and the strip filling (nullptr: backward_grad.h's portable
-  // fill_strips).
-  GradKernels<float> grad;
-  float (*fill_strips)(const float* grad, const int8_t* index, int64_t wo, float* strip,
-                       int64_t stride, int64_t strip_w) = nullptr;
+  GradKernels<float> grad;  // backward
 };
 
 // Each level's table, filled once (kernels_<level>.cpp). The x86 ones exist only on x86-64.
@@ -70,21 +69,22 @@ const CpuKernels& cpu_kernels();
 // Makes `level` the one calls take (an error if this CPU cannot run it).
 void set_cpu_capability(const std::string& level);
 
+// The kernels of table `k` for accumulation type acc_t (float64: the generic ones).
 template <typename acc_t>
-const DirectKernels<acc_t>& direct_kernels() {
+const DirectKernels<acc_t>& direct_kernels(const CpuKernels& k) {
   if constexpr (std::is_same_v<acc_t, double>) {
     return generic_direct_kernels_f64();
   } else {
-    return cpu_kernels().direct;
+    return k.direct;
   }
 }
 
 template <typename acc_t>
-const GradKernels<acc_t>& grad_kernels() {
+const GradKernels<acc_t>& grad_kernels(const CpuKernels& k) {
   if constexpr (std::is_same_v<acc_t, double>) {
     return generic_grad_kernels_f64();
   } else {
-    return cpu_kernels().grad;
+    return k.grad;
   }
 }
 

@@ -38,9 +38,9 @@ const CpuKernels& avx2_kernels() {
     k.winograd_tiles = avx2::winograd::compute_tiles<6>;
     k.winograd_gemm_rows = 6;
     k.transform_weights = avx2::winograd::transform_weights;
+    k.grad.fill_strips = avx2::backward::fill_strips<float>;
     k.grad.weight = avx2::backward::grad_weight<float>;
     k.grad.input = avx2::backward::grad_input<float>;
-    k.fill_strips = fill_strips_avx2;
     return k;
   }();
   return kernels;

@@ -1,6 +1,6 @@
 // The "avx512" level (AVX-512 F/BW/DQ/VL): the vector-layer kernels stamped out for AVX-512, as
-// kernels_avx2.cpp does for AVX2. The transpose and the strip filling of the backward pass, not
-// written for AVX-512, are the AVX2 level's.
+// kernels_avx2.cpp does for AVX2. The transpose, an AVX2 primitive of the vector layer, is the
+// AVX2 level's.
 #include "kernel_table.h"
 
 #if defined(__x86_64__)
@@ -42,6 +42,7 @@ const CpuKernels& avx512_kernels() {
     k.winograd_tiles = avx512::winograd::compute_tiles<12>;
     k.winograd_gemm_rows = 12;
     k.transform_weights = avx512::winograd::transform_weights;
+    k.grad.fill_strips = avx512::backward::fill_strips<float>;
     k.grad.weight = avx512::backward::grad_weight<float>;
     k.grad.input = avx512::backward::grad_input<float>;
     return k;

@@ -1,6 +1,6 @@
 // The "generic" level: the vector-layer kernels (vec/generic.h) built for the baseline target,
-// for CPUs without AVX2 and for float64 on every level (the direct kernel and the gradient
-// loops). Strip filling is backward_grad.h's portable fill_strips.
+// for CPUs without AVX2 and for float64 on every level (the direct kernel and the backward
+// loops).
 #include "kernel_table.h"
 
 #include <cstdint>
@@ -25,6 +25,7 @@ const CpuKernels& generic_kernels() {
     k.winograd_tiles = generic::winograd::compute_tiles<6>;
     k.winograd_gemm_rows = 6;
     k.transform_weights = generic::winograd::transform_weights;
+    k.grad.fill_strips = generic::backward::fill_strips<float>;
     k.grad.weight = generic::backward::grad_weight<float>;
     k.grad.input = generic::backward::grad_input<float>;
     return k;
@@ -38,7 +39,8 @@ const DirectKernels<double>& generic_direct_kernels_f64() {
 }
 
 const GradKernels<double>& generic_grad_kernels_f64() {
-  static const GradKernels<double> kernels{generic::backward::grad_weight<double>,
+  static const GradKernels<double> kernels{generic::backward::fill_strips<double>,
+                                           generic::backward::grad_weight<double>,
                                            generic::backward::grad_input<double>};
   return kernels;
 }

@@ -77,6 +77,7 @@ struct Vec<float> {
     return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0;
   }
   static Mask greater(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+  static Mask equal(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
   static Mask is_nan(V v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
   static Mask either(Mask a, Mask b) { return _mm256_or_ps(a, b); }
   static V select(Mask m, V if_true, V if_false) { return _mm256_blendv_ps(if_false, if_true, m); }
@@ -98,6 +99,17 @@ struct Vec<float> {
       _mm256_storeu_ps(dst + i * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
       _mm256_storeu_ps(dst + (i + 4) * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
     }
+  }
+  // size int8 values as float lanes.
+  static V load_int8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  // a0 b0 a1 b1 ...: the first size lanes in `low`, the rest in `high`.
+  static void interleave(V a, V b, V& low, V& high) {
+    const V lo = _mm256_unpacklo_ps(a, b), hi = _mm256_unpackhi_ps(a, b);
+    low = _mm256_permute2f128_ps(lo, hi, 0x20);
+    high = _mm256_permute2f128_ps(lo, hi, 0x31);
   }
   static void store_int8(int8_t* p, V v, int n) {
     alignas(32) int32_t lanes[8];

@@ -71,9 +71,24 @@ struct Vec<float> {
   static float sum(V v) { return _mm512_reduce_add_ps(v); }  // of the lanes
   static bool any_nan(V v) { return is_nan(v) != 0; }
   static Mask greater(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+  static Mask equal(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   static Mask is_nan(V v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }
   static Mask either(Mask a, Mask b) { return static_cast<Mask>(a | b); }
   static V select(Mask m, V if_true, V if_false) { return _mm512_mask_mov_ps(if_false, m, if_true); }
+  // size int8 values as float lanes.
+  static V load_int8(const int8_t* p) {
+    return _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  // a0 b0 a1 b1 ...: the first size lanes in `low`, the rest in `high`.
+  static void interleave(V a, V b, V& low, V& high) {
+    const __m512i low_lanes =
+        _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i high_lanes =
+        _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    low = _mm512_permutex2var_ps(a, low_lanes, b);
+    high = _mm512_permutex2var_ps(a, high_lanes, b);
+  }
   static void store_int8(int8_t* p, V v, int n) {
     _mm512_mask_cvtepi32_storeu_epi8(p, static_cast<__mmask16>((1u << n) - 1),
                                      _mm512_cvtps_epi32(v));

@@ -69,6 +69,20 @@ struct Vec {
     for (int i = 0; i < size; ++i) total += v.lane[i];
     return total;
   }
+  static Mask equal(V a, V b) {
+    Mask m;
+    for (int i = 0; i < size; ++i) m.lane[i] = a.lane[i] == b.lane[i];
+    return m;
+  }
+  static V load_int8(const int8_t* p) { return map([&](int i) { return T(p[i]); }); }
+  static void interleave(V a, V b, V& low, V& high) {
+    for (int i = 0; i < size; ++i) {
+      V& half = i < size / 2 ? low : high;
+      const int j = i % (size / 2);
+      half.lane[2 * j] = a.lane[i];
+      half.lane[2 * j + 1] = b.lane[i];
+    }
+  }
   static bool any_nan(V v) {
     bool nan = false;
     for (int i = 0; i < size; ++i) nan |= v.lane[i] != v.lane[i];
