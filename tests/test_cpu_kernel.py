@@ -208,6 +208,13 @@ def test_simd_kernels_keep_their_accumulators_in_registers(tmp_path):
         fmas, spills = _vector_stack_accesses(direct, name)
         assert fmas == 4 * vectors, f"{name}: {fmas} FMAs, expected {4 * vectors}"
         assert spills == 0, f"{name}: {spills} stack accesses"
+        # The backward's gradient loops: 18 FMAs per vector of columns (4 input rows x 3 taps,
+        # two conv rows each but the first and last row).
+        for loop in ("grad_weight", "grad_input"):
+            name = f"{level}::backward::{loop}<float>"
+            fmas, spills = _vector_stack_accesses(direct, name)
+            assert fmas == 18, f"{name}: {fmas} FMAs, expected 18"
+            assert spills == 0, f"{name}: {spills} stack accesses"
 
 
 # --- the Winograd path (wide layers) -----------------------------------------------------------
