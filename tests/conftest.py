@@ -10,6 +10,11 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The CPU kernels' switches come from the tests, not from the caller's environment: the tests
+# force each level and Winograd setting themselves.
+for _switch in ("SIMPLECNN_CPU_CAPABILITY", "SIMPLECNN_CPU_WINOGRAD"):
+    os.environ.pop(_switch, None)
+
 import simplecnn_kernels as sk  # noqa: E402
 
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")

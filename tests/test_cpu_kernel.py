@@ -60,6 +60,12 @@ except RuntimeError as error:
     assert "{level}" not in sk.cpu_capabilities(), error
     assert "SIMPLECNN_CPU_CAPABILITY='{level}': this CPU cannot run it" in str(error), error
     assert ", ".join(sk.cpu_capabilities()) in str(error), error
+    try:  # and so does every later call
+        sk.conv3x3_relu_maxpool2d(x, w, b)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("a second call ran at a level the CPU lacks")
 else:
     assert sk.cpu_capability() == "{level}"
     assert torch.ops.simplecnn._cpu_algorithm(x, w) == "direct/{level}"
@@ -72,11 +78,14 @@ def test_an_unknown_level_is_an_error():
     script = """
 import simplecnn_kernels as sk
 from checks import make_inputs
-try:
-    sk.conv3x3_relu_maxpool2d(*make_inputs(2, 3, 8, 8, 8))
-except RuntimeError as error:
-    assert "'avx1024': not a CPU capability level; this CPU runs: " in str(error), error
-    print("ok")
+for call in range(2):  # every call raises
+    try:
+        sk.conv3x3_relu_maxpool2d(*make_inputs(2, 3, 8, 8, 8))
+    except RuntimeError as error:
+        assert "'avx1024': not a CPU capability level; this CPU runs: " in str(error), error
+    else:
+        raise AssertionError(f"call {call} ran")
+print("ok")
 """
     _run_with_env(script, SIMPLECNN_CPU_CAPABILITY="avx1024")
     with (
@@ -97,6 +106,9 @@ def test_forcing_a_level_in_process(level):
         assert torch.ops.simplecnn._cpu_algorithm(x, w) == f"direct/{level}"
         assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b), x, w, b)
     assert sk.cpu_capability() == before
+    with pytest.raises(ValueError, match="inside"), sk.forced_cpu_capability(level):
+        raise ValueError("inside")
+    assert sk.cpu_capability() == before  # restored after an exception too
 
 
 GENERIC_CHECK = """
@@ -129,7 +141,7 @@ print("ok")
 
 def _run_with_env(script: str, **env) -> None:
     """Runs `script` in a fresh process with these environment settings (the switches are read
-    once per process) and checks it printed "ok"."""
+    once per process; conftest cleared the caller's) and checks it printed "ok"."""
     result = subprocess.run(
         [sys.executable, "-c", script],
         cwd=Path(__file__).parent,
@@ -322,6 +334,12 @@ try:
 except RuntimeError as error:
     assert setting == "bogus", error
     assert "SIMPLECNN_CPU_WINOGRAD='bogus': expected" in str(error), error
+    try:  # a narrow layer's call too
+        sk.conv3x3_relu_maxpool2d(*make_inputs(2, 3, 8, 8, 8))
+    except RuntimeError as error:
+        assert "SIMPLECNN_CPU_WINOGRAD='bogus': expected" in str(error), error
+    else:
+        raise AssertionError("a narrow layer ran with a bad SIMPLECNN_CPU_WINOGRAD")
 else:
     expected = {"0": "direct", "off": "direct", "2x2": "winograd_2x2", "4x4": "winograd_4x4"}
     assert algorithm == expected[setting], algorithm

@@ -84,12 +84,12 @@ void stage_rows_channels_last(const CpuKernels& k, const at::Tensor& input, int6
 //    sum gives +-inf): F(4x4, 3x3) where it has enough whole tiles, else F(2x2, 3x3).
 //  - Other wide layers (batch 1 of a deep layer: 8x8, 4x4 images) take the implicit GEMM,
 //    which fills its vector lanes with output channels, when the direct kernel would leave 10%
-//    or more of its 16-column chunks outside the image. Measured at batch 1: 256 -> 512, 4x4:
+//    or more of its column chunks (16 at AVX2, 32 at AVX-512) outside the image. Measured
+//    (AVX2) at batch 1: 256 -> 512, 4x4:
 //    0.30 ms against the direct kernel's 1.35; 256 -> 256, 8x8: 0.53 against 1.17; 64 -> 64,
 //    14x14: 0.11 against 0.14; with whole chunks the direct kernel wins (16 -> 32, 64x64: 0.21
 //    against 0.28; 64 -> 128, 16x16, batch 16: 2.8 against 3.2).
-//  - Everything else, float64, and every call on a level without those kernels (generic), the
-//    direct kernel.
+//  - Everything else, and float64 (on every level), the direct kernel.
 enum class Algorithm { kDirect, kWinograd2x2, kWinograd4x4, kImplicitGemm };
 
 constexpr int64_t kWideMinChannels = 16;
@@ -131,8 +131,7 @@ Algorithm choose_algorithm(const CpuKernels& k, const at::Tensor& input, const a
   if constexpr (!std::is_same_v<acc_t, float>) {
     return Algorithm::kDirect;
   } else {
-    if (k.winograd_tiles == nullptr || k.window_gemm == nullptr ||
-        input.size(1) < kWideMinChannels || weight.size(0) < kWideMinChannels)
+    if (input.size(1) < kWideMinChannels || weight.size(0) < kWideMinChannels)
       return Algorithm::kDirect;
     const int64_t pooled_h = input.size(2) / 2, pooled_w = input.size(3) / 2;
     const int64_t windows = input.size(0) * pooled_h * pooled_w;
@@ -540,9 +539,9 @@ std::string cpu_algorithm(const at::Tensor& input, const at::Tensor& weight) {
   const Algorithm algorithm =
       f64 ? choose_algorithm<double>(k, input, weight) : choose_algorithm<float>(k, input, weight);
   switch (algorithm) {
-    case Algorithm::kWinograd2x2: return std::string("winograd_2x2/") + k.wide_level;
-    case Algorithm::kWinograd4x4: return std::string("winograd_4x4/") + k.wide_level;
-    case Algorithm::kImplicitGemm: return std::string("implicit_gemm/") + k.wide_level;
+    case Algorithm::kWinograd2x2: return std::string("winograd_2x2/") + k.name;
+    case Algorithm::kWinograd4x4: return std::string("winograd_4x4/") + k.name;
+    case Algorithm::kImplicitGemm: return std::string("implicit_gemm/") + k.name;
     case Algorithm::kDirect: break;
   }
   return std::string("direct/") + (f64 ? "generic" : k.name);
@@ -554,6 +553,7 @@ std::string cpu_algorithm(const at::Tensor& input, const at::Tensor& weight) {
 at::Tensor fused_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias) {
   check_inputs(input, weight, bias);
+  cpu::winograd_setting();  // a bad SIMPLECNN_CPU_WINOGRAD fails every call, not only wide ones
   at::Tensor out = empty_output(input, weight);
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),

@@ -236,8 +236,10 @@ class FusedBackward {
 static void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& input,
                                   const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   check_inputs(input, weight, bias);
-  const auto expected = empty_output(input, weight).sizes();
-  TORCH_CHECK(grad_out.sizes() == expected,
+  // The sizes by value: a temporary tensor's sizes() would dangle after this statement.
+  const std::vector<int64_t> expected{input.size(0), weight.size(0), input.size(2) / 2,
+                                      input.size(3) / 2};
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(expected),
               "conv3x3_relu_maxpool2d backward: expected grad_output of shape ", expected,
               ", got ", grad_out.sizes());
   TORCH_CHECK(grad_out.scalar_type() == input.scalar_type() && grad_out.device() == input.device(),

@@ -143,6 +143,9 @@ void fill_direct_kernels(DirectKernels<T>& k) {
 template <typename T, int NV, int MaxCO>
 DirectKernels<T> direct_kernels() {
   static_assert(MaxCO <= kMaxCoBlock && NV * Vec<T>::size <= kMaxChunkCols);
+  // The backward reads staged rows up to its strips' width, whole kStripAlign vectors: the
+  // staged rows are that wide when chunks are whole multiples of it.
+  static_assert(NV * Vec<T>::size % kStripAlign == 0);
   DirectKernels<T> k;
   k.chunk_cols = NV * Vec<T>::size;
   k.max_co_block = MaxCO;

@@ -1,12 +1,12 @@
 // The implicit-GEMM kernel for wide layers on small images: the interface of its kernels
 // (implicit_gemm_kernel.h, one per instruction-set level in the kernel table).
 //
-// The direct kernel vectorizes over 16 conv columns; on a 4x4 or 8x8 image most of those lanes
-// fall outside the image. This kernel vectorizes over output channels instead: one call computes
-// one pooled window for 16 output channels as a tiny GEMM, rows = the window's 4 conv positions,
-// K = 9 taps x C_in, in registers (4 positions x 16 channels) that start from the bias, then max
-// and ReLU. Only the pooled values are stored. The sums are direct sums (no transform), so NaN and
-// Inf behave as in the direct kernel, with no fallback.
+// The direct kernel vectorizes over 16 or 32 conv columns (AVX2, AVX-512); on a 4x4 or 8x8
+// image most of those lanes fall outside the image. This kernel vectorizes over output channels
+// instead: one call computes one pooled window for 16 output channels as a tiny GEMM, rows = the
+// window's 4 conv positions, K = 9 taps x C_in, in registers (4 positions x 16 channels) that
+// start from the bias, then max and ReLU. Only the pooled values are stored. The sums are direct
+// sums (no transform), so NaN and Inf behave as in the direct kernel, with no fallback.
 #pragma once
 
 #include <cstdint>
@@ -26,7 +26,7 @@ struct WindowGemmArgs {
   const float* bias;         // kGemmCoBlock values (read by the first call)
   float* out;                // kGemmCoBlock pooled values
   // A call may cover only a block of the input channels: `partial` keeps the window's conv sums
-  // between calls, [4][kGemmCoBlock]. The first call starts from zero, calls but the last store
+  // between calls, [4][kGemmCoBlock]. The first call starts from the bias, calls but the last store
   // to `partial`, the last one pools and stores `out`.
   float* partial;
   bool first;

@@ -4,9 +4,8 @@
 //
 // Levels, best first: "avx512" (AVX-512 F/BW/DQ/VL with the OS saving zmm state), "avx2"
 // (AVX2 + FMA + F16C), "generic" (portable C++). The kernels are templates over the vector
-// layer (vec/README.md) stamped out per level in kernels_<level>.cpp. A level's table may
-// name a lower level's kernel where it has none of its own, and nullptr where the level has
-// no such kernel at all (the drivers then choose an algorithm that has one).
+// layer (vec/README.md) stamped out per level in kernels_<level>.cpp; a level's table may
+// name a lower level's kernel where it has none of its own (avx512: AVX2's transpose).
 #pragma once
 
 #include "backward_grad.h"
@@ -40,9 +39,7 @@ struct GradKernels {
 struct CpuKernels {
   const char* name;  // the level
   DirectKernels<float> direct;
-  // Wide layers (nullptr where the level has none: the direct kernel runs), and the level
-  // these kernels were built for.
-  const char* wide_level = nullptr;
+  // Wide layers.
   void (*window_gemm)(const WindowGemmArgs&) = nullptr;
   void (*transpose)(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
                     int64_t dst_stride) = nullptr;

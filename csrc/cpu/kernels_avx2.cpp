@@ -31,7 +31,6 @@ const CpuKernels& avx2_kernels() {
     CpuKernels k{"avx2"};
     // 2 conv rows x 3 channels x 2 vectors = 12 of the 16 ymm registers as accumulators.
     k.direct = avx2::direct_kernels<float, 2, 3>();
-    k.wide_level = "avx2";
     k.window_gemm = avx2::implicit_gemm::window_gemm;
     k.transpose = avx2::implicit_gemm::transpose;
     // 6 tiles x 2 vectors = 12 accumulators.

@@ -36,7 +36,6 @@ const CpuKernels& avx512_kernels() {
     k.name = "avx512";
     // 2 conv rows x 6 channels x 2 vectors = 24 of the 32 zmm registers as accumulators.
     k.direct = avx512::direct_kernels<float, 2, 6>();
-    k.wide_level = "avx512";
     k.window_gemm = avx512::implicit_gemm::window_gemm;
     // 12 tiles x 1 vector = 12 accumulators.
     k.winograd_tiles = avx512::winograd::compute_tiles<12>;

@@ -19,7 +19,6 @@ const CpuKernels& generic_kernels() {
   static const CpuKernels kernels = [] {
     CpuKernels k{"generic"};
     k.direct = generic::direct_kernels<float, 2, 3>();
-    k.wide_level = "generic";
     k.window_gemm = generic::implicit_gemm::window_gemm;
     k.transpose = generic::implicit_gemm::transpose;
     k.winograd_tiles = generic::winograd::compute_tiles<6>;

@@ -1,6 +1,6 @@
 // The CPU micro-kernel interface: one call computes a chunk of one pooled output row.
 //
-// The drivers (direct.h, via direct_row in staging.h) copy the input rows a task needs into a
+// The drivers (via direct_row in staging.h) copy the input rows a task needs into a
 // zero-padded scratch buffer in the accumulation type, so the micro-kernels see no borders,
 // strides or storage dtypes. A call accumulates the two conv rows under one pooled row, for
 // a level's chunk_cols conv columns and a block of output channels (kernel_table.h:
@@ -21,7 +21,7 @@ enum class StorageType : int8_t { kFloat, kHalf, kBFloat16 };
 // Bounds over every level's blocking (kernel_table.h: DirectKernels).
 constexpr int kMaxChunkCols = 32;  // conv columns per call: AVX-512, two zmm vectors of 16
 constexpr int kMaxChunkPooled = kMaxChunkCols / 2;
-constexpr int kMaxCoBlock = 8;     // output channels per call
+constexpr int kMaxCoBlock = 6;     // output channels per call (AVX-512)
 
 template <typename acc_t>
 struct ChunkArgs {

@@ -45,7 +45,8 @@ struct Vec<float> {
   static V max_keep_nan(V a, V b) {
     return _mm256_blendv_ps(_mm256_max_ps(a, b), a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
   }
-  // With zero first, _mm256_max_ps returns the second operand when it is NaN.
+  // With zero first, _mm256_max_ps returns the second operand when it is NaN, and -0 for -0
+  // (two zeros), as torch.relu does.
   static V relu_keep_nan(V v) { return _mm256_max_ps(_mm256_setzero_ps(), v); }
   // Shuffles give lanes 0,2,8,10,4,6,12,14 (and the odd ones); a 64-bit permute orders them.
   static void even_odd(V h0, V h1, V& even, V& odd) {

@@ -45,6 +45,7 @@ struct Vec<float> {
   static V max_keep_nan(V a, V b) {
     return _mm512_mask_mov_ps(_mm512_max_ps(a, b), _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a);
   }
+  // As in vec/avx2.h: NaN and -0 pass, as in torch.relu.
   static V relu_keep_nan(V v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }
   static void even_odd(V h0, V h1, V& even, V& odd) {
     const __m512i even_lanes =

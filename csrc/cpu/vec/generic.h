@@ -47,7 +47,10 @@ struct Vec {
     return map([&](int i) { return max_keep_nan(a.lane[i], b.lane[i]); });
   }
   static V relu_keep_nan(V v) {
-    return map([&](int i) { return (v.lane[i] != v.lane[i] || v.lane[i] > T(0)) ? v.lane[i] : T(0); });
+    // NaN and -0 pass, as in torch.relu and the SIMD levels.
+    return map([&](int i) {
+      return (v.lane[i] != v.lane[i] || v.lane[i] >= T(0)) ? v.lane[i] : T(0);
+    });
   }
   static void even_odd(V h0, V h1, V& even, V& odd) {
     for (int i = 0; i < size; ++i) {
