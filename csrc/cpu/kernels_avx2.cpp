@@ -20,6 +20,7 @@ namespace simplecnn::cpu::avx2 {
 #include "direct_kernel.h"
 #include "implicit_gemm_kernel.h"
 #include "winograd_kernel.h"
+#include "level_kernels.h"
 }  // namespace simplecnn::cpu::avx2
 
 #pragma GCC pop_options
@@ -28,18 +29,10 @@ namespace simplecnn::cpu {
 
 const CpuKernels& avx2_kernels() {
   static const CpuKernels kernels = [] {
-    CpuKernels k{"avx2"};
-    // 2 conv rows x 3 channels x 2 vectors = 12 of the 16 ymm registers as accumulators.
-    k.direct = avx2::direct_kernels<float, 2, 3>();
-    k.window_gemm = avx2::implicit_gemm::window_gemm;
-    k.transpose = avx2::implicit_gemm::transpose;
-    // 6 tiles x 2 vectors = 12 accumulators.
-    k.winograd_tiles = avx2::winograd::compute_tiles<6>;
-    k.winograd_gemm_rows = 6;
-    k.transform_weights = avx2::winograd::transform_weights;
-    k.grad.fill_strips = avx2::backward::fill_strips<float>;
-    k.grad.weight = avx2::backward::grad_weight<float>;
-    k.grad.input = avx2::backward::grad_input<float>;
+    // Direct: 2 x 3 x 2 = 12 of the 16 ymm registers as accumulators; Winograd: 6 tiles x 2
+    // vectors = 12.
+    CpuKernels k = avx2::level_kernels<3, 6>("avx2");
+    k.transpose = avx2::implicit_gemm::transpose<>;
     return k;
   }();
   return kernels;

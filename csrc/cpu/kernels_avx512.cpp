@@ -23,6 +23,7 @@ namespace simplecnn::cpu::avx512 {
 #include "direct_kernel.h"
 #include "implicit_gemm_kernel.h"
 #include "winograd_kernel.h"
+#include "level_kernels.h"
 }  // namespace simplecnn::cpu::avx512
 
 #pragma GCC pop_options
@@ -32,18 +33,10 @@ namespace simplecnn::cpu {
 
 const CpuKernels& avx512_kernels() {
   static const CpuKernels kernels = [] {
-    CpuKernels k = avx2_kernels();
-    k.name = "avx512";
-    // 2 conv rows x 6 channels x 2 vectors = 24 of the 32 zmm registers as accumulators.
-    k.direct = avx512::direct_kernels<float, 2, 6>();
-    k.window_gemm = avx512::implicit_gemm::window_gemm;
-    // 12 tiles x 1 vector = 12 accumulators.
-    k.winograd_tiles = avx512::winograd::compute_tiles<12>;
-    k.winograd_gemm_rows = 12;
-    k.transform_weights = avx512::winograd::transform_weights;
-    k.grad.fill_strips = avx512::backward::fill_strips<float>;
-    k.grad.weight = avx512::backward::grad_weight<float>;
-    k.grad.input = avx512::backward::grad_input<float>;
+    // Direct: 2 x 6 x 2 = 24 of the 32 zmm registers as accumulators; Winograd: 12 tiles x 1
+    // vector = 12.
+    CpuKernels k = avx512::level_kernels<6, 12>("avx512");
+    k.transpose = avx2_kernels().transpose;  // AVX2's: the vector layer has no AVX-512 transpose
     return k;
   }();
   return kernels;

@@ -13,20 +13,14 @@ namespace generic {
 #include "direct_kernel.h"
 #include "implicit_gemm_kernel.h"
 #include "winograd_kernel.h"
+#include "level_kernels.h"
 }  // namespace generic
 
 const CpuKernels& generic_kernels() {
   static const CpuKernels kernels = [] {
-    CpuKernels k{"generic"};
-    k.direct = generic::direct_kernels<float, 2, 3>();
-    k.window_gemm = generic::implicit_gemm::window_gemm;
-    k.transpose = generic::implicit_gemm::transpose;
-    k.winograd_tiles = generic::winograd::compute_tiles<6>;
-    k.winograd_gemm_rows = 6;
-    k.transform_weights = generic::winograd::transform_weights;
-    k.grad.fill_strips = generic::backward::fill_strips<float>;
-    k.grad.weight = generic::backward::grad_weight<float>;
-    k.grad.input = generic::backward::grad_input<float>;
+    // The AVX2 level's blocking, for 8-lane vectors.
+    CpuKernels k = generic::level_kernels<3, 6>("generic");
+    k.transpose = generic::implicit_gemm::transpose<>;
     return k;
   }();
   return kernels;
