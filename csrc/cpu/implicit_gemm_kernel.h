@@ -19,7 +19,8 @@ inline void window_gemm(const WindowGemmArgs& a) {
     for (int h = 0; h < kNV; ++h)
       // Starting from the bias, as stock adds it to every conv value: an infinite bias then
       // gives stock's NaN where a conv value is the opposite infinity.
-      acc[p][h] = a.first ? VF::load(a.bias + h * kL) : VF::load(a.partial + p * kGemmCoBlock + h * kL);
+      acc[p][h] = a.first ? VF::load(a.bias + h * kL)
+                          : VF::load(a.partial + p * kGemmCoBlock + h * kL);
   for (int k = 0; k < 9; ++k) {
     // The window's conv positions (y, x) in max-pool order read input (y + ky, x + kx).
     const float* x0 = a.in + (k / 3) * a.in_row_stride + (k % 3) * a.in_col_stride;

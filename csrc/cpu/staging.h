@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 namespace simplecnn::cpu {
@@ -46,8 +47,9 @@ inline bool all_finite(const at::Tensor& t) {
 }
 
 // Input channels per micro-kernel call. 32 channels x 4 rows x 18 columns of staged input
-// (~20 KB with line overlap; AVX-512's 34 columns, ~17 KB without) fit L1 beside the weights; measured ~5-15% faster than no blocking
-// at 64->64 and slower at 8 or 16 (partial sums are reloaded more often).
+// (~20 KB with line overlap; AVX-512's 34 columns, ~17 KB without) fit L1 beside the weights;
+// measured (AVX2) ~5-15% faster than no blocking at 64->64 and slower at 8 or 16 (partial sums
+// are reloaded more often).
 constexpr int64_t kInputChannelBlock = 32;
 
 // The direct kernel's view of one call: sizes, the level's blocking and the scratch geometry.
@@ -166,6 +168,52 @@ void direct_row(const DirectGeometry& g, const DirectKernels<acc_t>& k, const ac
       }
     }
   }
+}
+
+// Copies input rows [y0, y0 + rows) of image n into `scratch` channels-last for the Winograd
+// and implicit-GEMM kernels: [row][column][ci_padded], column c holding input column c - 1,
+// zeros elsewhere. `transpose` is the level's (kernel_table.h).
+template <typename scalar_t>
+void stage_rows_channels_last(const CpuKernels& k, const at::Tensor& input, int64_t n, int64_t y0,
+                              int64_t rows, int64_t cols, int64_t ci_padded, float* scratch) {
+  const int64_t C = input.size(1), H = input.size(2), W = std::min(input.size(3), cols - 1);
+  const int64_t sN = input.stride(0), sC = input.stride(1), sH = input.stride(2),
+                sW = input.stride(3);
+  const scalar_t* base = input.const_data_ptr<scalar_t>() + n * sN;
+  std::fill(scratch, scratch + rows * cols * ci_padded, 0.0f);
+  const int64_t y_begin = std::max<int64_t>(y0, 0), y_end = std::min(y0 + rows, H);
+  if (sC == 1) {  // channels_last input: copy runs of channels
+    for (int64_t y = y_begin; y < y_end; ++y)
+      for (int64_t x = 0; x < W; ++x) {
+        const scalar_t* src = base + y * sH + x * sW;
+        float* dst = scratch + ((y - y0) * cols + 1 + x) * ci_padded;
+        for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<float>(src[c]);
+      }
+    return;
+  }
+  if (sW == 1) {  // rows of NCHW input: [C][W] transposed, 8x8 at a time
+    std::vector<float> converted;  // float16 / bfloat16 rows, in float32 first
+    for (int64_t y = y_begin; y < y_end; ++y) {
+      float* dst = scratch + ((y - y0) * cols + 1) * ci_padded;
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        k.transpose(base + y * sH, sC, C, W, dst, ci_padded);
+      } else {  // converted row by row, then transposed: 64 -> 64 32x32 bfloat16 N=64
+                // 12.6 -> 10.4 ms against converting column by column
+        converted.resize(C * W);
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t x = 0; x < W; ++x)
+            converted[c * W + x] = static_cast<float>(base[c * sC + y * sH + x]);
+        k.transpose(converted.data(), W, C, W, dst, ci_padded);
+      }
+    }
+    return;
+  }
+  for (int64_t c = 0; c < C; ++c)  // channel by channel, as stage_rows reads
+    for (int64_t y = y_begin; y < y_end; ++y) {
+      const scalar_t* src = base + c * sC + y * sH;
+      float* dst = scratch + ((y - y0) * cols + 1) * ci_padded + c;
+      for (int64_t x = 0; x < W; ++x) dst[x * ci_padded] = static_cast<float>(src[x * sW]);
+    }
 }
 
 }  // namespace simplecnn::cpu

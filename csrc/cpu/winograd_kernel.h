@@ -71,7 +71,8 @@ bool input_transform(const WinogradTilesArgs& a) {
       V s[A][A];  // B^T d, column by column
       for (int j = 0; j < A; ++j) {
         V d[A], t_col[A];
-        for (int k = 0; k < A; ++k) d[k] = VF::load(tile + k * a.in_row_stride + j * a.ci_padded + ci);
+        for (int k = 0; k < A; ++k)
+          d[k] = VF::load(tile + k * a.in_row_stride + j * a.ci_padded + ci);
         input_line<M>(d, t_col);
         for (int k = 0; k < A; ++k) s[k][j] = t_col[k];
       }
@@ -95,8 +96,8 @@ bool input_transform(const WinogradTilesArgs& a) {
 // Not inlined into its dispatcher: one function per tile count, whose register allocation a
 // test checks (tests/test_cpu_kernel.py).
 template <int ROWS>
-__attribute__((noinline)) void gemm_tiles(const float* v, int64_t ci_padded, const float* u, float* m, int64_t co_padded,
-                const float* next_u) {
+__attribute__((noinline)) void gemm_tiles(const float* v, int64_t ci_padded, const float* u,
+                                          float* m, int64_t co_padded, const float* next_u) {
   V acc[ROWS][kNV];
 #pragma GCC unroll 16
   for (int r = 0; r < ROWS; ++r)

@@ -75,7 +75,9 @@ struct Vec<float> {
   static Mask equal(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   static Mask is_nan(V v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }
   static Mask either(Mask a, Mask b) { return static_cast<Mask>(a | b); }
-  static V select(Mask m, V if_true, V if_false) { return _mm512_mask_mov_ps(if_false, m, if_true); }
+  static V select(Mask m, V if_true, V if_false) {
+    return _mm512_mask_mov_ps(if_false, m, if_true);
+  }
   // size int8 values as float lanes.
   static V load_int8(const int8_t* p) {
     return _mm512_cvtepi32_ps(

@@ -60,11 +60,11 @@ struct Vec {
     }
   }
   static V round_to(V v, StorageType storage) {
-    if (storage == StorageType::kHalf)
-      return map([&](int i) { return T(static_cast<float>(c10::Half(static_cast<float>(v.lane[i])))); });
-    if (storage == StorageType::kBFloat16)
-      return map(
-          [&](int i) { return T(static_cast<float>(c10::BFloat16(static_cast<float>(v.lane[i])))); });
+    const auto as = [&](auto stored) {
+      return map([&](int i) { return T(static_cast<float>(decltype(stored)(float(v.lane[i])))); });
+    };
+    if (storage == StorageType::kHalf) return as(c10::Half());
+    if (storage == StorageType::kBFloat16) return as(c10::BFloat16());
     return v;
   }
   static T sum(V v) {  // of the lanes

@@ -1,0 +1,178 @@
+// The forward driver's call object: shapes, weights, the output and the level's kernels of one
+// call, and the algorithm it takes. Each algorithm's work is in its own file: forward_direct.h,
+// forward_winograd.h, forward_implicit_gemm.h; conv3x3_relu_maxpool2d_cpu.cpp is the op.
+#pragma once
+
+#include "forward_algorithm.h"
+#include "kernel_table.h"
+#include "staging.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+namespace simplecnn::cpu {
+
+// One call of the op: shapes, weights and the output, and the three ways to compute pooled
+// windows (direct, Winograd, implicit GEMM).
+template <typename scalar_t, typename acc_t>
+class FusedForward {
+ public:
+  FusedForward(const at::Tensor& input, const at::Tensor& weight,
+               const std::optional<at::Tensor>& bias, const at::Tensor& out)
+      : input_(input),
+        weight_(weight),
+        kernels_(cpu_kernels()),
+        direct_(direct_kernels<acc_t>(kernels_)),
+        geometry_(input, weight, direct_),
+        N_(input.size(0)), C_in_(input.size(1)), C_out_(weight.size(0)),
+        Ho_(out.size(2)), Wo_(out.size(3)),
+        bias_(read_bias<scalar_t, acc_t>(bias, weight.size(0))),
+        target_(out) {
+    algorithm_ = choose_algorithm<acc_t>(kernels_, input, weight);
+    if (algorithm_ == Algorithm::kWinograd2x2 || algorithm_ == Algorithm::kWinograd4x4)
+      transform_weights(weight);
+  }
+
+  void run() {
+    switch (algorithm_) {
+      case Algorithm::kWinograd2x2:
+      case Algorithm::kWinograd4x4: return run_winograd();
+      case Algorithm::kImplicitGemm: return run_implicit_gemm();
+      case Algorithm::kDirect: return run_direct();
+    }
+  }
+
+ private:
+  // Where the direct kernel's pooled values go (direct_row's target): float32 and float64
+  // outputs with contiguous rows are written in place; other dtypes and layouts go through a
+  // small tile that is converted and scattered.
+  struct OutputTarget {
+    explicit OutputTarget(const at::Tensor& out)
+        : ptr(out.mutable_data_ptr<scalar_t>()), sN(out.stride(0)), sC(out.stride(1)),
+          sH(out.stride(2)), sW(out.stride(3)),
+          in_place(std::is_same_v<scalar_t, acc_t> && sW == 1) {}
+    // Per thread: the image and pooled row being written, the conversion tile.
+    struct Row {
+      const OutputTarget& out;
+      scalar_t* row;
+      acc_t tile[kMaxCoBlock * kMaxChunkPooled];
+      void prepare(ChunkArgs<acc_t>& args, int64_t co0, int64_t x) {
+        args.out = tile;
+        args.out_ch_stride = kMaxChunkPooled;
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          if (out.in_place) {
+            args.out = row + co0 * out.sC + (x / 2) * out.sW;
+            args.out_ch_stride = out.sC;
+          }
+        }
+      }
+      void finish(const ChunkArgs<acc_t>& args, int64_t co0, int cob, int64_t x) {
+        if (out.in_place) return;
+        scalar_t* dst = row + co0 * out.sC + (x / 2) * out.sW;
+        for (int j = 0; j < cob; ++j)
+          for (int i = 0; i < args.n_out; ++i)
+            dst[j * out.sC + i * out.sW] = static_cast<scalar_t>(tile[j * kMaxChunkPooled + i]);
+      }
+    };
+    Row row(int64_t n, int64_t py) const { return Row{*this, ptr + n * sN + py * sH, {}}; }
+    // Channels [co0, co0 + count) of pooled output (n, py, px), from the float kernels.
+    void store(int64_t n, int64_t py, int64_t px, int64_t co0, int64_t count,
+               const float* values) const {
+      scalar_t* dst = ptr + n * sN + py * sH + px * sW + co0 * sC;
+      for (int64_t j = 0; j < count; ++j) dst[j * sC] = static_cast<scalar_t>(values[j]);
+    }
+    scalar_t* ptr;
+    int64_t sN, sC, sH, sW;
+    bool in_place;
+  };
+
+  // Per-thread buffers of the direct kernel.
+  struct Workspace {
+    Workspace(const FusedForward& f, int64_t scratch_rows)
+        : scratch(scratch_rows * f.geometry_.row_stride),
+          partial(2 * f.C_out_ * f.geometry_.chunk_cols) {}
+    std::vector<acc_t> scratch;  // [row][channel][column]
+    std::vector<acc_t> partial;  // partial sums across input-channel blocks
+  };
+
+  // Pooled row py of image n with the direct kernel; `rows` is the scratch at its top halo row.
+  void direct_pooled_row(int64_t n, int64_t py, const acc_t* rows, Workspace& ws);
+
+  // Work items are (image, block of pooled rows). Whole images while there are enough of them
+  // to keep every thread busy; smaller blocks for small batches, and for wide inputs so the
+  // staged rows stay in L2. Each block re-stages its 2 halo rows.
+  void run_direct();
+
+  // Work items are (group of tiles, range of 16-channel output blocks). A group is several
+  // tile rows of one image, or several whole images when images are small; its GEMMs read
+  // each transformed weight once from memory (4 MB at 256 channels for F(2x2), 9 MB for
+  // F(4x4)) and reuse it for every tile of the group, up to a group size whose work space
+  // still fits L2. Output channels are split when there are too few groups to keep the
+  // threads busy. The items' shape minimizes the busiest thread's work, in tiles x blocks:
+  // ceil(items / threads) x (GEMM rows + kCallOverheadTiles) x blocks per item.
+  void run_winograd();
+
+  // The bias in float32, zeros up to `size` (the channels padded to whole blocks).
+  std::vector<float> padded_bias(int64_t size) const {
+    std::vector<float> padded(size, 0.0f);
+    for (int64_t co = 0; co < C_out_; ++co) padded[co] = static_cast<float>(bias_[co]);
+    return padded;
+  }
+
+  // Output channels [16 b, 16 b + 16) of the weights as [ci][ky][kx][16] floats, zeros past
+  // C_out: the implicit GEMM's layout, and the Winograd transform's input.
+  void pack_gemm_block(const at::Tensor& weight, int64_t b, float* dst) const;
+
+  // Work items are (image, block of pooled rows, range of 16-channel blocks): with few windows
+  // the output channels give the threads their work. An item stages its rows channels-last
+  // (whole images but for tall ones), then runs every window for each of its channel blocks.
+  void run_implicit_gemm();
+
+  // Pooled rows [py0, py0 + rows) of image n, output channel blocks [b0, b1), by the implicit
+  // GEMM: `staged` holds the image's input from row 2*py0 - 1 and column -1 channels-last,
+  // `cols` columns of `col_stride` floats; `partial` has room for rows x Wo x 4 x 16 floats.
+  void implicit_gemm_rows(const float* staged, int64_t cols, int64_t col_stride, int64_t n,
+                          int64_t py0, int64_t rows, int64_t b0, int64_t b1, float* partial);
+
+  // The implicit GEMM's packed weights and padded bias, made by whichever thread first needs
+  // them (the Winograd path needs them only to redo windows with non-finite values). Every
+  // packed value is written: no zero-filling 4.7 MB first (256 -> 512 channels).
+  const float* gemm_weights();
+
+  // U = G g G^T per (co, ci) (the level's transform_weights), stored as
+  // [(m+2)^2][co_padded / 16][ci_padded][16] with zeros in the padding. Filled block by block
+  // of 16 output channels, in parallel: at 256 -> 512 channels it is 19 MB per call for F(4x4).
+  void transform_weights(const at::Tensor& weight);
+
+  int winograd_m() const { return algorithm_ == Algorithm::kWinograd4x4 ? 4 : 2; }
+  int64_t wino_ci() const { return ceil_div(C_in_, kWinogradCiAlign) * kWinogradCiAlign; }
+  int64_t wino_co() const { return ceil_div(C_out_, kWinogradCoBlock) * kWinogradCoBlock; }
+
+  const at::Tensor& input_;
+  const at::Tensor& weight_;
+  const CpuKernels& kernels_;  // the level's, read once per call
+  const DirectKernels<acc_t>& direct_;
+  const DirectGeometry geometry_;
+  const int64_t N_, C_in_, C_out_, Ho_, Wo_;
+  const std::vector<acc_t> bias_;
+  const OutputTarget target_;
+  Algorithm algorithm_ = Algorithm::kDirect;
+  std::vector<acc_t> packed_;         // direct kernel
+  std::once_flag gemm_once_;
+  std::unique_ptr<float[]> gemm_weights_;  // implicit GEMM
+  std::vector<float> gemm_bias_;
+  struct AlignedDelete {
+    void operator()(float* p) const { ::operator delete[](p, std::align_val_t{64}); }
+  };
+  std::unique_ptr<float[], AlignedDelete> u_;  // Winograd kernel, 64-byte aligned
+  std::vector<float> wino_bias_;
+};
+
+}  // namespace simplecnn::cpu

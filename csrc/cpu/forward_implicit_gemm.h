@@ -1,0 +1,113 @@
+// The forward driver's implicit-GEMM path (implicit_gemm_kernel.h) and its weight packing,
+// which the Winograd weight transform also reads.
+// Member functions of FusedForward (forward.h).
+#pragma once
+
+#include "forward.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+namespace simplecnn::cpu {
+
+template <typename scalar_t, typename acc_t>
+void FusedForward<scalar_t, acc_t>::pack_gemm_block(const at::Tensor& weight, int64_t b,
+                                                    float* dst) const {
+  static_assert(kGemmCoBlock == kWinogradCoBlock);
+  const int64_t cob = std::min<int64_t>(kGemmCoBlock, C_out_ - b * kGemmCoBlock);
+  const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2),
+                s3 = weight.stride(3);
+  const scalar_t* src = weight.const_data_ptr<scalar_t>() + b * kGemmCoBlock * s0;
+  if (cob == kGemmCoBlock && weight.is_contiguous()) {  // rows of (ci, ky, kx)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      kernels_.transpose(src, s0, kGemmCoBlock, 9 * C_in_, dst, kGemmCoBlock);
+    } else {  // float16 / bfloat16: the rows in float32 first, then transposed (512 -> 512
+              // 4x4 bf16 N=1: 1.03 -> 0.71 ms against converting column by column)
+      std::vector<float> rows(kGemmCoBlock * 9 * C_in_);
+      for (int64_t i = 0; i < kGemmCoBlock * 9 * C_in_; ++i) rows[i] = static_cast<float>(src[i]);
+      kernels_.transpose(rows.data(), 9 * C_in_, kGemmCoBlock, 9 * C_in_, dst, kGemmCoBlock);
+    }
+    return;
+  }
+  for (int64_t ci = 0; ci < C_in_; ++ci)  // the destination in order, 16 rows side by side
+    for (int64_t k = 0; k < 9; ++k) {
+      float* line = dst + (ci * 9 + k) * kGemmCoBlock;
+      const scalar_t* column = src + ci * s1 + (k / 3) * s2 + (k % 3) * s3;
+      for (int64_t j = 0; j < cob; ++j) line[j] = static_cast<float>(column[j * s0]);
+      std::fill(line + cob, line + kGemmCoBlock, 0.0f);
+    }
+}
+
+template <typename scalar_t, typename acc_t>
+void FusedForward<scalar_t, acc_t>::run_implicit_gemm() {
+  constexpr int64_t kStagedBudget = 512 * 1024;  // bytes of staged input per item
+  const int64_t blocks = ceil_div(C_out_, kGemmCoBlock), cols = 2 * Wo_ + 2;
+  const int64_t rows = std::clamp<int64_t>(
+      kStagedBudget / (2 * cols * C_in_ * int64_t(sizeof(float))) - 1, 1, Ho_);
+  const int64_t row_blocks = ceil_div(Ho_, rows);
+  const int64_t blocks_per_item =
+      ceil_div(blocks, std::min(blocks, ceil_div(4 * at::get_num_threads(), N_ * row_blocks)));
+  const int64_t splits = ceil_div(blocks, blocks_per_item);  // no item without blocks
+  gemm_weights();  // before the threads start
+  at::parallel_for(0, N_ * row_blocks * splits, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> staged((2 * rows + 2) * cols * C_in_);
+    std::vector<float> partial(rows * Wo_ * 4 * kGemmCoBlock);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / (row_blocks * splits), py0 = (item / splits) % row_blocks * rows;
+      const int64_t b0 = (item % splits) * blocks_per_item, rb = std::min(rows, Ho_ - py0);
+      stage_rows_channels_last<scalar_t>(kernels_, input_, n, 2 * py0 - 1, 2 * rb + 2, cols, C_in_,
+                                         staged.data());
+      implicit_gemm_rows(staged.data(), cols, C_in_, n, py0, rb,
+                         b0, std::min(blocks, b0 + blocks_per_item), partial.data());
+    }
+  });
+}
+
+template <typename scalar_t, typename acc_t>
+void FusedForward<scalar_t, acc_t>::implicit_gemm_rows(const float* staged, int64_t cols,
+                                                       int64_t col_stride, int64_t n, int64_t py0,
+                                                       int64_t rows, int64_t b0, int64_t b1,
+                                                       float* partial) {
+  const float* weights = gemm_weights();
+  float pooled[kGemmCoBlock];
+  for (int64_t b = b0; b < b1; ++b)
+    for (int64_t c0 = 0; c0 < C_in_; c0 += kGemmCiBlock) {
+      const int64_t cib = std::min(kGemmCiBlock, C_in_ - c0);
+      for (int64_t t = 0; t < rows * Wo_; ++t) {
+        const int64_t py = t / Wo_, px = t % Wo_;  // py within the block
+        const WindowGemmArgs args{staged + (2 * py * cols + 2 * px) * col_stride + c0,
+                                  cols * col_stride,
+                                  col_stride,
+                                  cib,
+                                  weights + (b * C_in_ + c0) * 9 * kGemmCoBlock,
+                                  gemm_bias_.data() + b * kGemmCoBlock,
+                                  pooled,
+                                  partial + t * 4 * kGemmCoBlock,
+                                  c0 == 0,
+                                  c0 + cib == C_in_};
+        kernels_.window_gemm(args);
+        if (args.last)
+          target_.store(n, py0 + py, px, b * kGemmCoBlock,
+                        std::min<int64_t>(kGemmCoBlock, C_out_ - b * kGemmCoBlock), pooled);
+      }
+    }
+}
+
+template <typename scalar_t, typename acc_t>
+const float* FusedForward<scalar_t, acc_t>::gemm_weights() {
+  std::call_once(gemm_once_, [&] {
+    const int64_t blocks = ceil_div(C_out_, kGemmCoBlock);
+    gemm_weights_.reset(new float[blocks * kGemmCoBlock * 9 * C_in_]);
+    gemm_bias_ = padded_bias(blocks * kGemmCoBlock);
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b)
+        pack_gemm_block(weight_, b, gemm_weights_.get() + b * 9 * C_in_ * kGemmCoBlock);
+    });
+  });
+  return gemm_weights_.get();
+}
+
+}  // namespace simplecnn::cpu
