@@ -5,9 +5,9 @@ sum |w| |x| + |b| (the bound of any summation order; tests/checks.py) and eps th
 roundoff (2^-24 for float32). Cases: random data, and inputs built to stress Winograd's
 transforms (channels of scales 1e-3 .. 1e3, one filter tap 1000x the others).
 
-    python bench/precision.py                              # as the op runs by default
-    SIMPLECNN_CPU_WINOGRAD=2x2 python bench/precision.py   # Winograd kept to F(2x2, 3x3)
-    SIMPLECNN_CPU_WINOGRAD=0 python bench/precision.py     # the CPU kernel's direct sums only
+    python bench/precision.py                    # as the op runs by default
+    python bench/precision.py --winograd 2x2     # Winograd kept to F(2x2, 3x3)
+    python bench/precision.py --winograd off     # the CPU kernel's direct sums only
 """
 
 from __future__ import annotations
@@ -46,13 +46,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--trials", type=int, default=5, help="random draws per case")
+    parser.add_argument("--winograd", choices=sk.ops.WINOGRAD_SETTINGS, help="default: the op's")
     args = parser.parse_args()
+    if args.winograd:
+        sk.set_cpu_winograd(args.winograd)
     g = torch.Generator().manual_seed(0)
     c = args.channels
     cases = {"random": lambda: random_case(g, c)}
     cases |= {f"tap {t} x1000": (lambda t=t: dominant_tap_case(g, c, t)) for t in range(9)}
     print(f"float32 error, units of 2^-24 * sum|w||x|, worst of {args.trials} draws, {c} channels")
-    print(f"{'case':14} {'algorithm':10} {'fused':>8} {'stock':>8}")
+    print(f"{'case':14} {'algorithm':20} {'fused':>8} {'stock':>8}")
     for name, make in cases.items():
         fused = stock_err = 0.0
         for _ in range(args.trials):
@@ -63,7 +66,7 @@ def main() -> None:
             fused = max(fused, worst_error(out, x, w, b))
             stock_err = max(stock_err, worst_error(stock(x, w, b), x, w, b))
         algorithm = torch.ops.simplecnn._cpu_algorithm(x, w) if x.device.type == "cpu" else "-"
-        print(f"{name:14} {algorithm:10} {fused:8.1f} {stock_err:8.1f}")
+        print(f"{name:14} {algorithm:20} {fused:8.1f} {stock_err:8.1f}")
 
 
 if __name__ == "__main__":
