@@ -90,9 +90,9 @@ bool input_transform(const WinogradTilesArgs& a) {
 }
 
 // m[p][t0 .. t0+ROWS)[co0 .. co0+16) = v[p][t0 .. t0+ROWS) x u[p][co block]: the sgemm
-// micro-kernel, ROWS tiles x 16 output channels in ROWS * kNV accumulators (12 for AVX2's 6 x 2
-// and AVX-512's 12 x 1: enough independent FMA chains for two FMA units); per input channel
-// kNV loads of u and ROWS broadcasts of v.
+// micro-kernel, ROWS tiles x 16 output channels in ROWS * kNV accumulators (AVX2 6 x 2, AVX-512
+// 16 x 1: enough independent FMA chains for two FMA units); per input channel kNV loads of u
+// and ROWS broadcasts of v.
 // Not inlined into its dispatcher: one function per tile count, whose register allocation a
 // test checks (tests/test_cpu_kernel.py).
 template <int ROWS>
