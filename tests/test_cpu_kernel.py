@@ -111,6 +111,17 @@ def test_forcing_a_level_in_process(level):
     assert sk.cpu_capability() == before  # restored after an exception too
 
 
+@pytest.mark.parametrize("level", cpu_levels())
+@pytest.mark.parametrize("shape", [(40, 3, 18, 64, 64), (40, 3, 18, 62, 66)], ids=str)
+def test_large_outputs_streamed_past_the_caches(shape, level):
+    # Outputs over 2 MB (here 2.9 MB) are written with non-temporal stores where a vector is a
+    # whole, aligned cache line (AVX-512); odd widths mix them with ordinary and masked stores.
+    from checks import assert_matches_reference, make_inputs
+
+    x, w, b = make_inputs(*shape)
+    assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b), x, w, b)
+
+
 GENERIC_CHECK = """
 import torch
 from checks import assert_matches_reference, make_inputs

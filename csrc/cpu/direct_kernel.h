@@ -121,7 +121,12 @@ void direct_chunk(const ChunkArgs<T>& a) {
                    VT::max_keep_nan(acc[0][co][h1], acc[1][co][h1]), even, odd);
       const V pooled = VT::relu_keep_nan(VT::max_keep_nan(even, odd));
       T* dst = a.out + co * a.out_ch_stride + first;
-      if (n == L) {
+      // Streamed only where a vector is a whole cache line (AVX-512): halves written at
+      // different times leave partial lines to the write-combining buffers.
+      if (sizeof(V) == 64 && n == L && a.stream_out &&
+          reinterpret_cast<uintptr_t>(dst) % sizeof(V) == 0) {
+        VT::stream(dst, pooled);
+      } else if (n == L) {
         VT::store(dst, pooled);
       } else {
         VT::store_first(dst, pooled, n);

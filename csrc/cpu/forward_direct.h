@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <vector>
 
@@ -43,6 +44,8 @@ void FusedForward<scalar_t, acc_t>::run_direct() {
       for (int64_t py = py0; py < py1; ++py)
         direct_pooled_row(n, py, ws.scratch.data() + 2 * (py - py0) * row_stride, ws);
     }
+    // Streamed stores are weakly ordered: visible before anyone reads the output.
+    if (target_.stream) std::atomic_thread_fence(std::memory_order_seq_cst);
   });
 }
 

@@ -50,6 +50,9 @@ struct ChunkArgs {
   // The tensors' dtype: stock routes by the conv values rounded to it (two values that round
   // to one number are a tie there), so the indices are chosen on rounded values too.
   StorageType storage = StorageType::kFloat;
+  // Whole aligned vectors of pooled values go to `out` with stores that bypass the caches (the
+  // caller fences before the output is read).
+  bool stream_out = false;
 };
 
 template <typename acc_t>
