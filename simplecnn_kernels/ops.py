@@ -200,16 +200,21 @@ def cpu_capabilities() -> list[str]:
 
 
 @contextlib.contextmanager
+def _process_setting(get, set_, value):
+    """`value` set with `set_` inside the block, the value `get` gave before restored after it."""
+    saved = get()
+    set_(value)
+    try:
+        yield
+    finally:
+        set_(saved)
+
+
 def forced_cpu_capability(level: str):
     """Runs the CPU kernels at ``level`` inside the block (for tests and benchmarks that compare
     levels in one process); a level this CPU lacks raises a RuntimeError naming the ones it has.
     Not thread-safe: the level is process-wide."""
-    saved = cpu_capability()
-    torch.ops.simplecnn._set_cpu_capability(level)
-    try:
-        yield
-    finally:
-        torch.ops.simplecnn._set_cpu_capability(saved)
+    return _process_setting(cpu_capability, torch.ops.simplecnn._set_cpu_capability, level)
 
 
 WINOGRAD_SETTINGS = ("4x4", "2x2", "off")
@@ -234,16 +239,10 @@ def set_cpu_winograd(setting: str) -> None:
     torch.ops.simplecnn._set_cpu_winograd(setting)
 
 
-@contextlib.contextmanager
 def cpu_winograd(setting: str):
     """The Winograd setting (see get_cpu_winograd) inside the block, the previous one after it:
     ``with simplecnn_kernels.cpu_winograd("off"): ...``. Process-wide, not per thread."""
-    saved = get_cpu_winograd()
-    set_cpu_winograd(setting)
-    try:
-        yield
-    finally:
-        set_cpu_winograd(saved)
+    return _process_setting(get_cpu_winograd, set_cpu_winograd, setting)
 
 
 def _reference(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

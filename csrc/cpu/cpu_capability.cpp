@@ -6,6 +6,7 @@
 #include "kernel_table.h"
 
 #include <c10/util/Exception.h>
+#include <c10/util/StringUtil.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -52,12 +53,6 @@ const CpuKernels& kernels_of(const std::string& level) {
   return generic_kernels();
 }
 
-std::string joined(const std::vector<std::string>& levels) {
-  std::string text;
-  for (const auto& level : levels) text += (text.empty() ? "" : ", ") + level;
-  return text;
-}
-
 void check_supported(const std::string& level, const char* source) {
   const auto& supported = supported_capabilities();
   for (const auto& s : supported)
@@ -65,7 +60,7 @@ void check_supported(const std::string& level, const char* source) {
   const bool known = level == "avx512" || level == "avx2" || level == "generic";
   TORCH_CHECK(false, source, "'", level, "': ",
               known ? "this CPU cannot run it" : "not a CPU capability level",
-              "; this CPU runs: ", joined(supported));
+              "; this CPU runs: ", c10::Join(", ", supported));
 }
 
 std::atomic<const CpuKernels*> active{nullptr};

@@ -23,10 +23,10 @@ namespace simplecnn::cpu {
 //  - Other wide layers (batch 1 of a deep layer: 8x8, 4x4 images) take the implicit GEMM,
 //    which fills its vector lanes with output channels, when the direct kernel would leave 10%
 //    or more of its column chunks (16 at AVX2, 32 at AVX-512) outside the image. Measured
-//    (AVX2) at batch 1: 256 -> 512, 4x4:
-//    0.30 ms against the direct kernel's 1.35; 256 -> 256, 8x8: 0.53 against 1.17; 64 -> 64,
-//    14x14: 0.11 against 0.14; with whole chunks the direct kernel wins (16 -> 32, 64x64: 0.21
-//    against 0.28; 64 -> 128, 16x16, batch 16: 2.8 against 3.2).
+//    (AVX2) at batch 1: 256 -> 512, 4x4: 0.30 ms against the direct kernel's 1.35; 256 -> 256,
+//    8x8: 0.53 against 1.17; 64 -> 64, 14x14: 0.11 against 0.14; with whole chunks the direct
+//    kernel wins (16 -> 32, 64x64: 0.21 against 0.28; 64 -> 128, 16x16, batch 16: 2.8 against
+//    3.2).
 //  - Everything else, and float64 (on every level), the direct kernel.
 enum class Algorithm { kDirect, kWinograd2x2, kWinograd4x4, kImplicitGemm };
 
