@@ -5,8 +5,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .ops import _check_backend_name, conv3x3_relu_maxpool2d
+
+# The nn.Conv2d settings the fused op computes.
+FUSABLE_CONV = {
+    "kernel_size": (3, 3),
+    "stride": (1, 1),
+    "padding": (1, 1),
+    "dilation": (1, 1),
+    "groups": 1,
+    "padding_mode": "zeros",
+}
+
+
+def conv_mismatch(conv: nn.Conv2d) -> dict:
+    """The settings of `conv` that differ from FUSABLE_CONV, with their values."""
+    return {k: getattr(conv, k) for k, v in FUSABLE_CONV.items() if getattr(conv, k) != v}
 
 
 class Conv3x3ReLUMaxPool2d(nn.Module):
@@ -42,29 +58,50 @@ class Conv3x3ReLUMaxPool2d(nn.Module):
         nn.Conv2d.reset_parameters(self)  # type: ignore[arg-type]
 
     @classmethod
-    def from_conv2d(cls, conv: nn.Conv2d, backend: str | None = None) -> Conv3x3ReLUMaxPool2d:
-        """The fused layer sharing `conv`'s Parameters (not copies: optimizers keep working)."""
-        settings = {
-            "kernel_size": (3, 3),
-            "stride": (1, 1),
-            "padding": (1, 1),
-            "dilation": (1, 1),
-            "groups": 1,
-            "padding_mode": "zeros",
-        }
-        wrong = {k: getattr(conv, k) for k, v in settings.items() if getattr(conv, k) != v}
+    def from_conv2d(
+        cls,
+        conv: nn.Conv2d,
+        backend: str | None = None,
+        batchnorm: nn.BatchNorm2d | None = None,
+    ) -> Conv3x3ReLUMaxPool2d:
+        """The fused layer sharing `conv`'s Parameters (not copies: optimizers keep working).
+
+        With `batchnorm`, the BatchNorm2d that follows the conv, normalising with its running
+        statistics (eval mode): new Parameters with it folded in (torch.nn.utils.fusion), weight
+        ``w * s`` and bias ``(b - running_mean) * s + beta``, ``s = gamma / sqrt(running_var +
+        eps)``. Later changes to the BatchNorm do not reach them.
+        """
+        wrong = conv_mismatch(conv)
         if wrong:
-            raise ValueError(f"cannot fuse {conv}: needs {settings}, has {wrong}")
+            raise ValueError(f"cannot fuse {conv}: needs {FUSABLE_CONV}, has {wrong}")
         # Built on the meta device, which allocates nothing and draws no random numbers.
         fused = cls(
             conv.in_channels,
             conv.out_channels,
-            bias=conv.bias is not None,
+            bias=conv.bias is not None or batchnorm is not None,
             device="meta",
             dtype=conv.weight.dtype,
             backend=backend,
         )
-        fused.weight, fused.bias = conv.weight, conv.bias
+        if batchnorm is None:
+            fused.weight, fused.bias = conv.weight, conv.bias
+            return fused
+        if batchnorm.training or batchnorm.running_mean is None:
+            raise ValueError(
+                f"cannot fold {batchnorm}: it normalises with batch statistics (training mode or "
+                "track_running_stats=False)"
+            )
+        with torch.no_grad():
+            fused.weight, fused.bias = fuse_conv_bn_weights(
+                conv.weight,
+                conv.bias,
+                batchnorm.running_mean,
+                batchnorm.running_var,
+                batchnorm.eps,
+                batchnorm.weight,
+                batchnorm.bias,
+            )
+        fused.bias.requires_grad_(conv.weight.requires_grad)  # also without a conv bias
         return fused
 
     def forward(self, input: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 """fuse(): which chains it fuses, which it leaves, and that the result stays a drop-in."""
 
+import copy
 import io
 
 import pytest
@@ -199,3 +200,154 @@ def test_export_round_trip_of_a_fused_model():
 def test_backend_reaches_the_fused_layers(backend):
     fused = sk.fuse(sk.CifarVGG(), backend=backend)
     assert {m.backend for m in fused.modules() if isinstance(m, FUSED)} == {backend}
+
+
+# --- BatchNorm -----------------------------------------------------------------------------------
+
+
+def _randomize_batchnorms(model):
+    """Running statistics and affine parameters far from their defaults, negative scales too
+    (BatchNorm before the max-pool: a negative scale flips which value is the max)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                if m.affine:
+                    m.weight.uniform_(-1.5, 1.5)
+                    m.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+def _assert_close_to_float64_stock(stock, fused, x):
+    """The fused model's float32 output within 1e-5 x the output scale of the float64 stock
+    model (the float32 stock model itself is at ~2e-6 on these models)."""
+    with torch.no_grad():
+        got = fused(x)
+        expected = copy.deepcopy(stock).double()(x.double())
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-5 * scale)
+
+
+class ConvBN(nn.Module):
+    """conv -> BatchNorm -> ReLU/pool in both orders, a conv without bias, a BatchNorm without
+    affine parameters, and a BatchNorm whose output is also used elsewhere (stays)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn_a = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.b, self.bn_b = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c, self.bn_c = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8, affine=False)
+        self.d, self.bn_d = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn_a(self.a(x))), 2)
+        x = F.max_pool2d(self.bn_b(self.b(x)), 2).relu()
+        x = F.max_pool2d(torch.relu(self.bn_c(self.c(x))), 2)
+        y = self.bn_d(self.d(x))
+        return F.max_pool2d(F.relu(y), 2) + y.mean()
+
+
+def test_batchnorm_folded_in_eval_mode():
+    model = _randomize_batchnorms(ConvBN()).eval()
+    fused = sk.fuse(model)
+    assert fused.fused_layers == ["a", "b", "c"]
+    assert fused.unfused_layers == {"d": "an intermediate result is used elsewhere"}
+    assert _count(fused, nn.BatchNorm2d) == 1  # bn_d
+    assert fused.b.bias is not None and fused.b.bias.requires_grad  # folded: a bias now
+    _assert_close_to_float64_stock(model, fused, torch.randn(3, 3, 32, 32))
+
+
+def test_batchnorm_in_training_mode_stays():
+    model = _randomize_batchnorms(ConvBN())  # training mode: batch statistics
+    fused = sk.fuse(model)
+    assert fused.fused_layers == []
+    assert "training mode" in fused.unfused_layers["a"]
+    x = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(fused(x), model(x))
+
+
+def test_batchnorm_without_running_stats_stays():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8, track_running_stats=False),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    ).eval()
+    fused = sk.fuse(model)
+    assert fused.fused_layers == [] and "track_running_stats" in fused.unfused_layers["0"]
+
+
+class ConvBNDoesNotTrace(DoesNotTrace):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.MaxPool2d(2), nn.ReLU()
+        )
+
+
+def test_batchnorm_folded_in_sequentials_of_a_model_that_does_not_trace():
+    model = _randomize_batchnorms(ConvBNDoesNotTrace()).eval()
+    fused = sk.fuse(model)
+    assert fused.fused_layers == ["block.0", "other.0"]
+    assert [type(m) for m in fused.block] == [FUSED, nn.Identity, nn.Identity, nn.Identity]
+    _assert_close_to_float64_stock(model, fused, torch.randn(2, 3, 16, 16))
+
+
+@pytest.mark.parametrize("model_class", [ConvBN, ConvBNDoesNotTrace])
+def test_fused_model_loads_a_state_dict_of_the_stock_model(model_class):
+    """The BatchNorm entries of a stock state_dict are folded on load (strict: no key left)."""
+    fused = sk.fuse(_randomize_batchnorms(model_class()).eval())
+    other = _randomize_batchnorms(model_class()).eval()  # new weights and statistics
+    fused.load_state_dict(other.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    _assert_close_to_float64_stock(other, fused, x)
+    again = sk.fuse(_randomize_batchnorms(model_class()).eval())
+    again.load_state_dict(fused.state_dict())  # a fused state_dict: already folded
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), fused(x))
+
+
+def test_fused_model_with_folded_batchnorm_pickles():
+    """A whole pickled model keeps its folded weights; torch.fx does not keep its fold-on-load
+    hook (module hooks are not pickled): loading a stock state_dict into it then fails loudly,
+    and fusing the stock model again is the way (README)."""
+    fused = sk.fuse(_randomize_batchnorms(ConvBN()).eval())
+    buffer = io.BytesIO()
+    torch.save(fused, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), fused(x))
+    loaded.load_state_dict(fused.state_dict())
+    with pytest.raises(RuntimeError, match="Unexpected key.*bn_a.running_mean"):
+        loaded.load_state_dict(ConvBN().eval().state_dict())
+
+
+def test_unfused_layers_say_why():
+    fused = sk.fuse(VGGStyle().eval())
+    assert set(fused.unfused_layers) == {"features.3", "features.9", "head.0"}
+    assert "kernel_size" in fused.unfused_layers["features.3"]
+    assert "stride" in fused.unfused_layers["features.9"]
+    assert "max-pool" in fused.unfused_layers["head.0"]  # ceil_mode pool
+
+
+# --- torchvision's models (random weights, nothing downloaded) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "fused_layers"),
+    [
+        ("vgg11", ["features.0", "features.3", "features.8", "features.13", "features.18"]),
+        ("vgg16_bn", ["features.3", "features.10", "features.20", "features.30", "features.40"]),
+    ],
+)
+def test_torchvision_vgg(name, fused_layers):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = _randomize_batchnorms(getattr(torchvision.models, name)(weights=None)).eval()
+    fused = sk.fuse(model)
+    assert fused.fused_layers == fused_layers
+    assert _count(fused, nn.BatchNorm2d) == (13 - len(fused_layers) if "bn" in name else 0)
+    _assert_close_to_float64_stock(model, fused, torch.randn(2, 3, 64, 64))
