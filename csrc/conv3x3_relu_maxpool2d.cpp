@@ -26,50 +26,52 @@ static std::string dtype_name(at::ScalarType t) {
 }
 
 void check_inputs(const at::Tensor& input, const at::Tensor& weight,
-                  const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(input.dim() == 4,
-              "conv3x3_relu_maxpool2d: expected input of shape (N, C_in, H, W), got shape ",
+                  const std::optional<at::Tensor>& bias, bool pool) {
+  const char* op = pool ? "conv3x3_relu_maxpool2d" : "conv3x3_relu2d";
+  TORCH_CHECK(input.dim() == 4, op, ": expected input of shape (N, C_in, H, W), got shape ",
               input.sizes());
-  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3,
-              "conv3x3_relu_maxpool2d: expected weight of shape (C_out, C_in, 3, 3), got shape ",
-              weight.sizes());
-  TORCH_CHECK(input.size(1) == weight.size(1), "conv3x3_relu_maxpool2d: input has ",
-              input.size(1), " channels but weight expects C_in=", weight.size(1),
-              " (weight shape ", weight.sizes(), ")");
-  TORCH_CHECK(weight.size(0) > 0 && weight.size(1) > 0,
-              "conv3x3_relu_maxpool2d: C_in and C_out must be positive, got weight shape ",
-              weight.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3, op,
+              ": expected weight of shape (C_out, C_in, 3, 3), got shape ", weight.sizes());
+  TORCH_CHECK(input.size(1) == weight.size(1), op, ": input has ", input.size(1),
+              " channels but weight expects C_in=", weight.size(1), " (weight shape ",
+              weight.sizes(), ")");
+  TORCH_CHECK(weight.size(0) > 0 && weight.size(1) > 0, op,
+              ": C_in and C_out must be positive, got weight shape ", weight.sizes());
   if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0),
-                "conv3x3_relu_maxpool2d: expected bias of shape (C_out,) = (", weight.size(0),
-                ",), got shape ", bias->sizes());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
+                ": expected bias of shape (C_out,) = (", weight.size(0), ",), got shape ",
+                bias->sizes());
   }
-  TORCH_CHECK(is_supported_float(input.scalar_type()),
-              "conv3x3_relu_maxpool2d: expected a float32, float64, float16 or bfloat16 input, "
-              "got dtype ", dtype_name(input.scalar_type()));
+  TORCH_CHECK(is_supported_float(input.scalar_type()), op,
+              ": expected a float32, float64, float16 or bfloat16 input, got dtype ",
+              dtype_name(input.scalar_type()));
   const bool same_dtype = weight.scalar_type() == input.scalar_type() &&
                           (!bias.has_value() || bias->scalar_type() == input.scalar_type());
-  TORCH_CHECK(same_dtype,
-              "conv3x3_relu_maxpool2d: input, weight and bias must have the same dtype, got input ",
+  TORCH_CHECK(same_dtype, op, ": input, weight and bias must have the same dtype, got input ",
               dtype_name(input.scalar_type()), ", weight ", dtype_name(weight.scalar_type()),
               ", bias ", bias.has_value() ? dtype_name(bias->scalar_type()) : "None");
   const bool same_device = weight.device() == input.device() &&
                            (!bias.has_value() || bias->device() == input.device());
-  TORCH_CHECK(same_device,
-              "conv3x3_relu_maxpool2d: input, weight and bias must be on the same device, got "
-              "input ", input.device(), ", weight ", weight.device(), ", bias ",
+  TORCH_CHECK(same_device, op, ": input, weight and bias must be on the same device, got input ",
+              input.device(), ", weight ", weight.device(), ", bias ",
               bias.has_value() ? bias->device().str() : "None");
-  TORCH_CHECK(input.size(2) >= 2 && input.size(3) >= 2,
-              "conv3x3_relu_maxpool2d: the 2x2 max-pool needs H >= 2 and W >= 2, got input shape ",
-              input.sizes());
+  if (pool) {
+    TORCH_CHECK(input.size(2) >= 2 && input.size(3) >= 2, op,
+                ": the 2x2 max-pool needs H >= 2 and W >= 2, got input shape ", input.sizes());
+  } else {
+    TORCH_CHECK(input.size(2) >= 1 && input.size(3) >= 1, op,
+                ": the conv needs H >= 1 and W >= 1, got input shape ", input.sizes());
+  }
 }
 
-at::Tensor empty_output(const at::Tensor& input, const at::Tensor& weight) {
-  // The stock conv returns channels_last when the input or the weight is; the pool keeps it.
-  // ops.py's output_memory_format makes the same choice for the fake kernel.
+at::Tensor empty_output(const at::Tensor& input, const at::Tensor& weight, bool pool) {
+  // The stock conv returns channels_last when the input or the weight is; ReLU and the pool
+  // keep it. ops.py's output_memory_format makes the same choice for the fake kernel.
   const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
                              weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-  return at::empty({input.size(0), weight.size(0), input.size(2) / 2, input.size(3) / 2},
+  const int64_t H = pool ? input.size(2) / 2 : input.size(2);
+  const int64_t W = pool ? input.size(3) / 2 : input.size(3);
+  return at::empty({input.size(0), weight.size(0), H, W},
                    input.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
                                                                : at::MemoryFormat::Contiguous));
 }
@@ -82,8 +84,13 @@ TORCH_LIBRARY(simplecnn, m) {
   m.def(
       "conv3x3_relu_maxpool2d(Tensor input, Tensor weight, Tensor? bias=None, *, "
       "str? backend=None) -> Tensor");
-  // The compiled kernels ("cpu" and "cuda" backends): 4-D input only, no autograd.
-  m.def("_fused_forward(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
+  // The sibling op without the pool: relu(conv2d(input, weight, bias, padding=1)).
+  m.def(
+      "conv3x3_relu2d(Tensor input, Tensor weight, Tensor? bias=None, *, str? backend=None) "
+      "-> Tensor");
+  // The compiled kernels ("cpu" and "cuda" backends) of both, `pool` choosing which: 4-D input
+  // only, no autograd.
+  m.def("_fused_forward(Tensor input, Tensor weight, Tensor? bias, bool pool=True) -> Tensor");
   // Backward, recomputing the max-pool + ReLU routing from the inputs (nothing is kept from the
   // forward pass but its inputs):
   // the input, weight and bias gradients output_mask asks for, fused (CPU kernel);

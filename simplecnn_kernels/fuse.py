@@ -1,9 +1,11 @@
-"""fuse(model): every Conv2d(3x3, stride 1, pad 1) [-> BatchNorm2d] -> ReLU -> MaxPool2d(2, 2)
-chain of a model replaced by the fused op.
+"""fuse(model): every Conv2d(3x3, stride 1, pad 1) [-> BatchNorm2d] -> ReLU [-> MaxPool2d(2, 2)]
+chain of a model replaced by a fused op: conv3x3_relu_maxpool2d with the pool, conv3x3_relu2d
+without it.
 
 The chains are found with torch.fx symbolic tracing, which sees modules and functional calls
 alike (nn.ReLU, F.relu, torch.relu, x.relu(), inplace or not; nn.MaxPool2d, F.max_pool2d,
-torch.max_pool2d), in either order of ReLU and pool (they commute). A model that does not trace
+torch.max_pool2d), in either order of ReLU and pool (they commute); a ReLU not followed by a
+fusable pool makes an unpooled chain. A model that does not trace
 is searched for chains inside its nn.Sequential containers instead. The fused layer takes the
 conv's place and name, so state_dict keys stay those of the original model.
 
@@ -16,7 +18,8 @@ weight expresses: such chains stay stock.
 A chain is also left alone when an intermediate result is used elsewhere, when one of its
 modules is called elsewhere (fusing would change that other call), or when a setting differs:
 kernel other than 3x3, stride, padding other than 1, dilation, groups, padding_mode, or a pool
-other than 2x2 stride 2 without padding, ceil_mode or indices. The result's ``unfused_layers``
+other than 2x2 stride 2 without padding, ceil_mode or indices (then conv and ReLU are fused
+without it). The result's ``unfused_layers``
 says, for every Conv2d left, why.
 """
 
@@ -32,7 +35,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .models import Conv3x3ReLUMaxPool2d, conv_mismatch
+from .models import Conv3x3ReLU2d, Conv3x3ReLUMaxPool2d, conv_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +43,8 @@ _RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_)
 
 
 def fuse(model: nn.Module, backend: str | None = None) -> nn.Module:
-    """A copy of the model with its conv3x3 [-> BatchNorm2d] -> ReLU -> maxpool2x2 chains fused;
-    `model` itself is left unchanged.
+    """A copy of the model with its conv3x3 [-> BatchNorm2d] -> ReLU [-> maxpool2x2] chains
+    fused; `model` itself is left unchanged.
 
     Args:
         model: any nn.Module. BatchNorm layers are folded only in eval mode: call
@@ -51,8 +54,8 @@ def fuse(model: nn.Module, backend: str | None = None) -> nn.Module:
     Returns:
         The rewritten model: a torch.fx.GraphModule when the model traces, else the model with
         its nn.Sequential containers rewritten. Its ``fused_layers`` lists the names of the
-        fused layers (the convs' names), ``unfused_layers`` maps the name of every other Conv2d
-        to the reason it stayed stock.
+        fused layers (the convs' names; Conv3x3ReLUMaxPool2d or Conv3x3ReLU2d modules there),
+        ``unfused_layers`` maps the name of every other Conv2d to the reason it stayed stock.
     """
     model = copy.deepcopy(model)
     try:
@@ -154,7 +157,7 @@ def _pool_module_fusable(m: nn.Module) -> bool:
     )
 
 
-_NO_RELU_POOL = "not followed by ReLU and a 2x2 max-pool"
+_NO_RELU = "not followed by ReLU (or a 2x2 max-pool and ReLU)"
 
 
 # --- torch.fx graphs ----------------------------------------------------------------------------
@@ -203,13 +206,13 @@ def _next(node: fx.Node) -> fx.Node | str:
     if len(users) > 1:
         return "an intermediate result is used elsewhere"
     if not users or not users[0].args or users[0].args[0] is not node:
-        return _NO_RELU_POOL
+        return _NO_RELU
     return users[0]
 
 
 def _graph_chain(conv: fx.Node, modules: dict, calls: Counter) -> list[fx.Node] | str:
-    """The nodes after `conv` of a fusable chain ([BatchNorm,] ReLU and pool in either order),
-    or why there is none."""
+    """The nodes after `conv` of a fusable chain ([BatchNorm,] ReLU and pool in either order, or
+    [BatchNorm,] ReLU alone), or why there is none."""
     if calls[conv.target] > 1:
         return "the conv module is called at several places"
     chain = []
@@ -225,14 +228,12 @@ def _graph_chain(conv: fx.Node, modules: dict, calls: Counter) -> list[fx.Node] 
     if isinstance(node, str):
         return node
     last = _next(node)
-    if isinstance(last, str):
-        return last
-    if not (
-        (_is_relu(node, modules) and _is_pool(last, modules))
-        or (_is_pool(node, modules) and _is_relu(last, modules))
-    ):
-        return _NO_RELU_POOL
-    return [*chain, node, last]
+    if _is_relu(node, modules):
+        pooled = isinstance(last, fx.Node) and _is_pool(last, modules)
+        return [*chain, node, last] if pooled else [*chain, node]
+    if _is_pool(node, modules) and isinstance(last, fx.Node) and _is_relu(last, modules):
+        return [*chain, node, last]
+    return last if isinstance(last, str) and _is_pool(node, modules) else _NO_RELU
 
 
 def _fuse_graph(gm: fx.GraphModule, backend: str | None) -> _Report:
@@ -246,10 +247,12 @@ def _fuse_graph(gm: fx.GraphModule, backend: str | None) -> _Report:
         if isinstance(chain, str):
             report.left[conv.target] = chain
             continue
-        bn = chain[0] if len(chain) == 3 else None
+        bn = chain[0] if _is_batchnorm(chain[0], modules) else None
         batchnorm = modules[bn.target] if bn is not None else None
+        pooled = any(_is_pool(node, modules) for node in chain)
+        layer_class = Conv3x3ReLUMaxPool2d if pooled else Conv3x3ReLU2d
         # The fused layer takes the conv's name, so the state_dict keys stay the same.
-        layer = Conv3x3ReLUMaxPool2d.from_conv2d(modules[conv.target], backend, batchnorm)
+        layer = layer_class.from_conv2d(modules[conv.target], backend, batchnorm)
         gm.set_submodule(conv.target, layer)
         chain[-1].replace_all_uses_with(conv)
         for node in reversed(chain):
@@ -267,8 +270,9 @@ def _fuse_graph(gm: fx.GraphModule, backend: str | None) -> _Report:
 # --- nn.Sequential containers ------------------------------------------------------------------
 
 
-def _sequential_chain(children: list[nn.Module], i: int, uses: Counter) -> int | str:
-    """The length of the fusable chain at children[i] (a Conv2d), or why there is none."""
+def _sequential_chain(children: list[nn.Module], i: int, uses: Counter) -> tuple[int, bool] | str:
+    """The length of the fusable chain at children[i] (a Conv2d) and whether it pools, or why
+    there is none."""
     if uses[id(children[i])] > 1:
         return "the conv module is used at several places"
     j = i + 1
@@ -282,15 +286,17 @@ def _sequential_chain(children: list[nn.Module], i: int, uses: Counter) -> int |
     pair = children[j : j + 2]
     pools = [m for m in pair if _pool_module_fusable(m)]
     relus = [m for m in pair if type(m) is nn.ReLU]
-    if len(pools) != 1 or len(relus) != 1:
-        return _NO_RELU_POOL
-    return j + 2 - i
+    if len(pools) == 1 and len(relus) == 1:
+        return j + 2 - i, True
+    if pair and type(pair[0]) is nn.ReLU:
+        return j + 1 - i, False
+    return _NO_RELU
 
 
 def _fuse_sequentials(model: nn.Module, backend: str | None) -> _Report:
     """Fuses chains of consecutive children (Conv2d, [BatchNorm2d,] ReLU and MaxPool2d in
-    either order) of every nn.Sequential: the conv becomes the fused layer, the others
-    nn.Identity, so the children keep their indices and the state_dict its keys."""
+    either order, or ReLU alone) of every nn.Sequential: the conv becomes the fused layer, the
+    others nn.Identity, so the children keep their indices and the state_dict its keys."""
     # How often each module appears in the model: a module shared with another place stays.
     uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     report = _Report()
@@ -307,9 +313,11 @@ def _fuse_sequentials(model: nn.Module, backend: str | None) -> _Report:
             if isinstance(chain, str):
                 report.left[prefix + str(i)] = chain
                 continue
-            batchnorm = seq[i + 1] if chain == 4 else None
-            seq[i] = Conv3x3ReLUMaxPool2d.from_conv2d(conv, backend, batchnorm)
-            for j in range(i + 1, i + chain):
+            length, pooled = chain
+            batchnorm = seq[i + 1] if type(seq[i + 1]) is nn.BatchNorm2d else None
+            layer_class = Conv3x3ReLUMaxPool2d if pooled else Conv3x3ReLU2d
+            seq[i] = layer_class.from_conv2d(conv, backend, batchnorm)
+            for j in range(i + 1, i + length):
                 seq[j] = nn.Identity()
             report.fused.append(prefix + str(i))
             if batchnorm is not None:

@@ -1,4 +1,4 @@
-"""SimpleCNN (the seed tutorial's model), its fused twin, and the fused layer as a module."""
+"""SimpleCNN (the seed tutorial's model), its fused twin, and the fused layers as modules."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .ops import _check_backend_name, conv3x3_relu_maxpool2d
+from .ops import _check_backend_name, conv3x3_relu2d, conv3x3_relu_maxpool2d
 
 # The nn.Conv2d settings the fused op computes.
 FUSABLE_CONV = {
@@ -25,12 +25,13 @@ def conv_mismatch(conv: nn.Conv2d) -> dict:
     return {k: getattr(conv, k) for k, v in FUSABLE_CONV.items() if getattr(conv, k) != v}
 
 
-class Conv3x3ReLUMaxPool2d(nn.Module):
-    """``MaxPool2d(2, 2)(ReLU()(Conv2d(in_channels, out_channels, 3, padding=1)(x)))`` as one op.
+class _FusedConv3x3(nn.Module):
+    """What the fused layers share: ``weight`` (out_channels, in_channels, 3, 3) and ``bias``
+    (out_channels,), shaped and initialised as ``nn.Conv2d`` initialises them, so the state_dict
+    is a Conv2d's; construction from a Conv2d (and a BatchNorm2d to fold); the backend. The
+    subclass names the op (`_op`)."""
 
-    Holds ``weight`` (out_channels, in_channels, 3, 3) and ``bias`` (out_channels,), shaped and
-    initialised as ``nn.Conv2d`` initialises them, so its state_dict is a Conv2d's.
-    """
+    _op = None  # the fused op: (input, weight, bias, *, backend) -> Tensor
 
     def __init__(
         self,
@@ -63,7 +64,7 @@ class Conv3x3ReLUMaxPool2d(nn.Module):
         conv: nn.Conv2d,
         backend: str | None = None,
         batchnorm: nn.BatchNorm2d | None = None,
-    ) -> Conv3x3ReLUMaxPool2d:
+    ) -> _FusedConv3x3:
         """The fused layer sharing `conv`'s Parameters (not copies: optimizers keep working).
 
         With `batchnorm`, the BatchNorm2d that follows the conv, normalising with its running
@@ -105,11 +106,25 @@ class Conv3x3ReLUMaxPool2d(nn.Module):
         return fused
 
     def forward(self, input: Tensor) -> Tensor:
-        return conv3x3_relu_maxpool2d(input, self.weight, self.bias, backend=self.backend)
+        return self._op(input, self.weight, self.bias, backend=self.backend)
 
     def extra_repr(self) -> str:
         backend = "" if self.backend is None else f", backend={self.backend!r}"
         return f"{self.in_channels}, {self.out_channels}, bias={self.bias is not None}{backend}"
+
+
+class Conv3x3ReLUMaxPool2d(_FusedConv3x3):
+    """``MaxPool2d(2, 2)(ReLU()(Conv2d(in_channels, out_channels, 3, padding=1)(x)))`` as one op
+    (conv3x3_relu_maxpool2d); a Conv2d's parameters and state_dict."""
+
+    _op = staticmethod(conv3x3_relu_maxpool2d)
+
+
+class Conv3x3ReLU2d(_FusedConv3x3):
+    """``ReLU()(Conv2d(in_channels, out_channels, 3, padding=1)(x))`` as one op (conv3x3_relu2d);
+    a Conv2d's parameters and state_dict."""
+
+    _op = staticmethod(conv3x3_relu2d)
 
 
 class SimpleCNN(nn.Module):

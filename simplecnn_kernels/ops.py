@@ -1,7 +1,10 @@
-"""The fused operator ``torch.ops.simplecnn.conv3x3_relu_maxpool2d`` and its dispatch.
+"""The fused operators ``torch.ops.simplecnn.conv3x3_relu_maxpool2d`` and
+``torch.ops.simplecnn.conv3x3_relu2d``, and their dispatch.
 
-The op equals ``F.max_pool2d(F.relu(F.conv2d(x, w, b, stride=1, padding=1)), 2, 2)``. Its schema
-is registered in C++ (csrc/conv3x3_relu_maxpool2d.cpp); this module gives it the rest:
+The first equals ``F.max_pool2d(F.relu(F.conv2d(x, w, b, stride=1, padding=1)), 2, 2)``, its
+sibling ``F.relu(F.conv2d(x, w, b, stride=1, padding=1))`` (the same kernels, storing the conv
+values instead of their max). Their schemas are registered in C++
+(csrc/conv3x3_relu_maxpool2d.cpp); this module gives them the rest:
 
 - the argument checks (the same messages as the C++ checks, which guard the compiled kernels),
 - the device implementation, which picks a backend and runs it,
@@ -21,6 +24,7 @@ import importlib.util
 import warnings
 
 import torch
+import torch._decomp
 import torch.nn.functional as F
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
@@ -31,6 +35,7 @@ BACKENDS = ("cpu", "triton", "cuda", "reference")
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 _OP_NAME = "simplecnn::conv3x3_relu_maxpool2d"
+_UNPOOLED_OP_NAME = "simplecnn::conv3x3_relu2d"
 
 
 def conv3x3_relu_maxpool2d(
@@ -56,14 +61,38 @@ def conv3x3_relu_maxpool2d(
     return torch.ops.simplecnn.conv3x3_relu_maxpool2d(input, weight, bias, backend=backend)
 
 
+def conv3x3_relu2d(
+    input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
+) -> Tensor:
+    """``relu(conv2d(input, weight, bias, stride=1, padding=1))`` in one pass: the sibling of
+    conv3x3_relu_maxpool2d for convs without a pool, with the same kernels, backends and checks.
+
+    Args:
+        input: (N, C_in, H, W) or (C_in, H, W); any strides.
+        weight: (C_out, C_in, 3, 3).
+        bias: (C_out,) or None.
+        backend: None picks the best backend for the tensors' device; else one of
+            ``available_backends()``.
+
+    Returns:
+        (N, C_out, H, W) (or without N), in the input's dtype.
+    """
+    return torch.ops.simplecnn.conv3x3_relu2d(input, weight, bias, backend=backend)
+
+
+def _op_name(pool: bool) -> str:
+    return "conv3x3_relu_maxpool2d" if pool else "conv3x3_relu2d"
+
+
 # --- argument checks -------------------------------------------------------------------------
 
 
-def _check_inputs(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
-    """Raises RuntimeError naming the problem, as the stock ops and the C++ checks do."""
+def _check_inputs(input: Tensor, weight: Tensor, bias: Tensor | None, pool: bool = True) -> None:
+    """Raises RuntimeError naming the problem and the op (conv3x3_relu_maxpool2d, or with `pool`
+    False conv3x3_relu2d), as the stock ops and the C++ checks do."""
 
     def fail(msg: str) -> None:
-        raise RuntimeError(f"conv3x3_relu_maxpool2d: {msg}")
+        raise RuntimeError(f"{_op_name(pool)}: {msg}")
 
     if input.dim() not in (3, 4):
         fail(f"expected input of shape (N, C_in, H, W) or (C_in, H, W), got shape {_shape(input)}")
@@ -91,8 +120,10 @@ def _check_inputs(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
             "input, weight and bias must be on the same device, got input "
             f"{input.device}, weight {weight.device}, bias {None if bias is None else bias.device}"
         )
-    if input.shape[-2] < 2 or input.shape[-1] < 2:
+    if pool and (input.shape[-2] < 2 or input.shape[-1] < 2):
         fail(f"the 2x2 max-pool needs H >= 2 and W >= 2, got input shape {_shape(input)}")
+    if not pool and (input.shape[-2] < 1 or input.shape[-1] < 1):
+        fail(f"the conv needs H >= 1 and W >= 1, got input shape {_shape(input)}")
 
 
 def _shape(t: Tensor) -> list:
@@ -128,11 +159,9 @@ def _unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype) 
     return None  # "reference" runs wherever PyTorch does
 
 
-def _check_backend_name(backend: str | None) -> None:
+def _check_backend_name(backend: str | None, op: str = "conv3x3_relu_maxpool2d") -> None:
     if backend is not None and backend not in BACKENDS:
-        raise ValueError(
-            f"conv3x3_relu_maxpool2d: unknown backend {backend!r}; choose one of {BACKENDS} or None"
-        )
+        raise ValueError(f"{op}: unknown backend {backend!r}; choose one of {BACKENDS} or None")
 
 
 _warned_fallback: set[str] = set()
@@ -143,34 +172,37 @@ _warned_fallback: set[str] = set()
 _PREFERENCE = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
 
 
-def _default_backend(device: torch.device, dtype: torch.dtype) -> str:
+def _default_backend(device: torch.device, dtype: torch.dtype, op: str) -> str:
     for backend in _PREFERENCE.get(device.type, ()):
         if _unavailable_reason(backend, device, dtype) is None:
             return backend
-    key = f"{device.type} {dtype}"
+    key = f"{op} {device.type} {dtype}"
     if key not in _warned_fallback:
         _warned_fallback.add(key)
         warnings.warn(
-            f"conv3x3_relu_maxpool2d: no fused kernel runs on {device.type} {dtype} tensors "
-            "here; using the stock composition (backend='reference')",
+            f"{op}: no fused kernel runs on {device.type} {dtype} tensors here; using the stock "
+            "composition (backend='reference')",
             stacklevel=3,
         )
     return "reference"
 
 
 def resolve_backend(
-    backend: str | None, device: torch.device, dtype: torch.dtype = torch.float32
+    backend: str | None,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    op: str = "conv3x3_relu_maxpool2d",
 ) -> str:
     """The backend that runs for `backend` (None: the best one) on tensors of this device and
-    dtype."""
-    _check_backend_name(backend)
+    dtype; `op` names the op in errors."""
+    _check_backend_name(backend, op)
     if backend is None:
-        return _default_backend(device, dtype)
+        return _default_backend(device, dtype, op)
     reason = _unavailable_reason(backend, device, dtype)
     if reason is not None:
         raise RuntimeError(
-            f"conv3x3_relu_maxpool2d: backend {backend!r} cannot run on {device.type} {dtype} "
-            f"tensors: {reason}. Available here: {available_backends()}"
+            f"{op}: backend {backend!r} cannot run on {device.type} {dtype} tensors: {reason}. "
+            f"Available here: {available_backends()}"
         )
     return backend
 
@@ -245,22 +277,25 @@ def cpu_winograd(setting: str):
     return _process_setting(get_cpu_winograd, set_cpu_winograd, setting)
 
 
-def _reference(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    return F.max_pool2d(F.relu(F.conv2d(input, weight, bias, stride=1, padding=1)), 2, 2)
+def _reference(input: Tensor, weight: Tensor, bias: Tensor | None, pool: bool = True) -> Tensor:
+    activated = F.relu(F.conv2d(input, weight, bias, stride=1, padding=1))
+    return F.max_pool2d(activated, 2, 2) if pool else activated
 
 
-def _run_backend(backend: str, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def _run_backend(
+    backend: str, input: Tensor, weight: Tensor, bias: Tensor | None, pool: bool
+) -> Tensor:
     """Runs one backend on a 4-D input."""
     if backend in ("cpu", "cuda"):
-        return torch.ops.simplecnn._fused_forward(input, weight, bias)
+        return torch.ops.simplecnn._fused_forward(input, weight, bias, pool)
     if backend == "triton":
         from . import triton_conv3x3_relu_maxpool2d as triton_kernel
 
-        return triton_kernel.forward(input, weight, bias)
-    return _reference(input, weight, bias)
+        return triton_kernel.forward(input, weight, bias, pool=pool)
+    return _reference(input, weight, bias, pool)
 
 
-# --- the op's implementations ------------------------------------------------------------------
+# --- the ops' implementations ------------------------------------------------------------------
 
 
 @torch.library.register_kernel(_OP_NAME, None)  # every device: the backend decides what runs
@@ -270,13 +305,24 @@ def _forward(
     _check_inputs(input, weight, bias)
     backend = resolve_backend(backend, input.device, input.dtype)
     if input.dim() == 3:  # stock max-pool returns unbatched results contiguous, whatever the conv's
-        return _run_backend(backend, input.unsqueeze(0), weight, bias).squeeze(0).contiguous()
-    return _run_backend(backend, input, weight, bias)
+        return _run_backend(backend, input.unsqueeze(0), weight, bias, True).squeeze(0).contiguous()
+    return _run_backend(backend, input, weight, bias, True)
+
+
+@torch.library.register_kernel(_UNPOOLED_OP_NAME, None)
+def _forward_unpooled(
+    input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
+) -> Tensor:
+    _check_inputs(input, weight, bias, pool=False)
+    backend = resolve_backend(backend, input.device, input.dtype, "conv3x3_relu2d")
+    if input.dim() == 3:  # as the stock conv: the batched result's layout, batch squeezed out
+        return _run_backend(backend, input.unsqueeze(0), weight, bias, False).squeeze(0)
+    return _run_backend(backend, input, weight, bias, False)
 
 
 def output_memory_format(input: Tensor, weight: Tensor) -> torch.memory_format:
-    """The stock conv's output layout, which the pool keeps: channels_last when the input or the
-    weight is (the C++ kernels' empty_output makes the same choice)."""
+    """The stock conv's output layout, which ReLU and the pool keep: channels_last when the input
+    or the weight is (the C++ kernels' empty_output makes the same choice)."""
     if input.dim() == 4 and torch.channels_last in (
         suggest_memory_format(input),
         suggest_memory_format(weight),
@@ -298,6 +344,22 @@ def _forward_fake(
         device=input.device,
         memory_format=output_memory_format(input, weight),
     )
+
+
+@torch.library.register_fake(_UNPOOLED_OP_NAME)
+def _forward_unpooled_fake(
+    input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
+) -> Tensor:
+    _check_inputs(input, weight, bias, pool=False)
+    _check_backend_name(backend, "conv3x3_relu2d")
+    batched = input if input.dim() == 4 else input.unsqueeze(0)
+    out = torch.empty(
+        (batched.shape[0], weight.shape[0], *batched.shape[2:]),
+        dtype=input.dtype,
+        device=input.device,
+        memory_format=output_memory_format(batched, weight),
+    )
+    return out if input.dim() == 4 else out.squeeze(0).clone(memory_format=torch.preserve_format)
 
 
 # --- autograd ----------------------------------------------------------------------------------
@@ -366,6 +428,47 @@ def _backward(ctx, grad_output: Tensor):
 torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)
 
 
+# conv3x3_relu2d keeps its output, as the stock ReLU does, and takes the stock backward from
+# there: ReLU's threshold_backward, then the library's conv backward.
+def _setup_context_unpooled(ctx, inputs, keyword_only_inputs, output) -> None:
+    input, weight, bias = inputs
+    ctx.save_for_backward(input, weight, bias, output)
+
+
+def _backward_unpooled(ctx, grad_output: Tensor):
+    input, weight, bias, output = ctx.saved_tensors
+    mask = [
+        ctx.needs_input_grad[0],
+        ctx.needs_input_grad[1],
+        bias is not None and ctx.needs_input_grad[2],
+    ]
+    grad_conv = torch.ops.aten.threshold_backward(grad_output, output, 0)
+    unbatched = input.dim() == 3
+    if unbatched:
+        input, grad_conv = input.unsqueeze(0), grad_conv.unsqueeze(0)
+    grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        grad_conv,
+        input,
+        weight,
+        None if bias is None else [bias.shape[0]],
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        False,
+        [0, 0],
+        1,
+        mask,
+    )
+    if unbatched and grad_input is not None:
+        grad_input = grad_input.squeeze(0)
+    return grad_input, grad_weight, grad_bias
+
+
+torch.library.register_autograd(
+    _UNPOOLED_OP_NAME, _backward_unpooled, setup_context=_setup_context_unpooled
+)
+
+
 def _conv_grad_reference(grad_output: Tensor, input: Tensor, weight: Tensor, bias) -> Tensor:
     """_conv_grad through the stock ops: recompute the conv, route as max-pool and ReLU do."""
     activated = F.relu(F.conv2d(input, weight, bias, stride=1, padding=1))
@@ -416,8 +519,9 @@ def _fused_backward_fake(grad_output: Tensor, input: Tensor, weight: Tensor, bia
 _autocast_lib = torch.library.Library("simplecnn", "IMPL")
 
 
-def _register_autocast(device_type: str, dispatch_key: str) -> None:
+def _register_autocast(op_name: str, device_type: str, dispatch_key: str) -> None:
     keys = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, dispatch_key))
+    op = getattr(torch.ops.simplecnn, op_name)
 
     def autocast_kernel(input, weight, bias=None, *, backend=None):
         dtype = torch.get_autocast_dtype(device_type)
@@ -433,12 +537,41 @@ def _register_autocast(device_type: str, dispatch_key: str) -> None:
             return t
 
         with torch._C._ExcludeDispatchKeyGuard(keys):
-            return torch.ops.simplecnn.conv3x3_relu_maxpool2d(
-                cast(input), cast(weight), cast(bias), backend=backend
-            )
+            return op(cast(input), cast(weight), cast(bias), backend=backend)
 
-    _autocast_lib.impl("conv3x3_relu_maxpool2d", autocast_kernel, dispatch_key)
+    _autocast_lib.impl(op_name, autocast_kernel, dispatch_key)
 
 
-_register_autocast("cpu", "AutocastCPU")
-_register_autocast("cuda", "AutocastCUDA")
+for _op in ("conv3x3_relu_maxpool2d", "conv3x3_relu2d"):
+    _register_autocast(_op, "cpu", "AutocastCPU")
+    _register_autocast(_op, "cuda", "AutocastCUDA")
+
+
+# --- export lowering ---------------------------------------------------------------------------
+# torch.onnx.export(..., dynamo=True) lowers the exported graph with run_decompositions() and a
+# table made of torch.export.default_decompositions() plus torch._decomp's global
+# decomposition_table (torch/onnx/_internal/exporter/_decomp.py,
+# create_onnx_friendly_decomposition_table), so a decomposition registered there turns each op
+# into the stock conv2d/relu/max_pool2d, which the exporter translates to standard ONNX (Conv,
+# Relu, MaxPool). Eager runs the dispatcher's kernels, never this table; torch.compile (Inductor
+# has its own table) and torch.export (run_decompositions() defaults to default_decompositions())
+# keep the ops. FakeTensor runs the decomposition instead of the register_fake kernel when shapes
+# are symbolic: both give the stock ops' sizes and strides, and it runs the same checks.
+
+
+def _register_export_decomposition(op_name: str, pool: bool) -> None:
+    def decomposition(
+        input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
+    ) -> Tensor:
+        _check_inputs(input, weight, bias, pool)
+        _check_backend_name(backend, op_name)
+        return _reference(input, weight, bias, pool)
+
+    decomposition.__name__ = decomposition.__qualname__ = f"_{op_name}_decomposition"
+    torch._decomp.register_decomposition(getattr(torch.ops.simplecnn, op_name).default)(
+        decomposition
+    )
+
+
+for _op, _pool in (("conv3x3_relu_maxpool2d", True), ("conv3x3_relu2d", False)):
+    _register_export_decomposition(_op, _pool)

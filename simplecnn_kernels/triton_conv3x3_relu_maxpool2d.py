@@ -1,4 +1,5 @@
-"""The Triton backend of conv3x3_relu_maxpool2d (``backend="triton"``, the default on CUDA).
+"""The Triton backend of conv3x3_relu_maxpool2d and conv3x3_relu2d (``backend="triton"``, the
+default on CUDA).
 
 Three layers, as in Liger-Kernel: ``@triton.jit`` kernels, the host launcher ``forward`` (output,
 strides, grid, configs), and the op in ops.py that calls it.
@@ -8,6 +9,8 @@ channels. Each of the window's four conv values accumulates in float32 registers
 the bias, borders are masked loads instead of a padded copy, and after the max over the window
 (propagating NaN, as the stock max-pool does) ReLU is applied once (``max(relu(c)) ==
 relu(max(c))``) and only the pooled value is stored: the conv output never reaches memory.
+Unpooled (conv3x3_relu2d, ``POOL=False``), the same windows cover the conv output and each of
+the four values is stored after ReLU.
 
 Two kernels:
 - ``_dot_kernel``, the default: an implicit GEMM on the tensor cores. The reduction runs over
@@ -119,6 +122,15 @@ def _store_result(
 
 
 @triton.jit
+def _store_conv_value(acc, out_ptr, son, soc, soh, sow, n, y, x, co, ok, H, W):
+    """Unpooled: relu(conv value) at conv position (y, x), where it is inside the output (the
+    last windows of odd sizes reach past it)."""
+    value = tl.maximum(acc, 0.0, propagate_nan=_NAN).to(out_ptr.dtype.element_ty)
+    out = out_ptr + n * son + co.to(tl.int64) * soc + y.to(tl.int64) * soh + x.to(tl.int64) * sow
+    tl.store(out, value, mask=ok & (y < H) & (x < W))
+
+
+@triton.jit
 def _dot_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr,
     C_in, H, W, C_out, Ho, Wo,
@@ -131,6 +143,7 @@ def _dot_kernel(
     HAS_BIAS: tl.constexpr,
     CONV_GRAD: tl.constexpr,  # False: store the pooled output; True: see _store_result
     ROUND_BEFORE_BIAS: tl.constexpr,  # CONV_GRAD: see _conv_rounds_before_bias
+    POOL: tl.constexpr,  # False: store the conv values after ReLU (conv3x3_relu2d)
     BLOCK_P: tl.constexpr,
     BLOCK_CO: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -176,16 +189,23 @@ def _dot_kernel(
             acc = _stored_conv_value(
                 acc, bias[None, :], out_ptr.dtype.element_ty, ROUND_BEFORE_BIAS
             )
-        # The stock max-pool's running max: take a greater value or a NaN (NaN propagates,
-        # ties keep the first, the last NaN wins).
-        take = (acc > best) | (acc != acc)
-        best = tl.where(take, acc, best)
-        best_pos = tl.where(take, pos, best_pos)
+        if POOL:
+            # The stock max-pool's running max: take a greater value or a NaN (NaN propagates,
+            # ties keep the first, the last NaN wins).
+            take = (acc > best) | (acc != acc)
+            best = tl.where(take, acc, best)
+            best_pos = tl.where(take, pos, best_pos)
+        else:
+            _store_conv_value(
+                acc, out_ptr, son, soc, soh, sow, n, iy0 + 1, ix0 + 1, co[None, :],
+                p_ok[:, None] & co_ok[None, :], H, W,
+            )  # fmt: skip
 
-    _store_result(
-        best, best_pos, out_ptr, son, soc, soh, sow, g_ptr, sgn, sgc, sgh, sgw,
-        n, py[:, None], px[:, None], co[None, :], p_ok[:, None] & co_ok[None, :], CONV_GRAD,
-    )  # fmt: skip
+    if POOL:
+        _store_result(
+            best, best_pos, out_ptr, son, soc, soh, sow, g_ptr, sgn, sgc, sgh, sgw,
+            n, py[:, None], px[:, None], co[None, :], p_ok[:, None] & co_ok[None, :], CONV_GRAD,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -201,6 +221,7 @@ def _fma_kernel(
     HAS_BIAS: tl.constexpr,
     CONV_GRAD: tl.constexpr,  # False: store the pooled output; True: see _store_result
     ROUND_BEFORE_BIAS: tl.constexpr,  # CONV_GRAD: see _conv_rounds_before_bias
+    POOL: tl.constexpr,  # False: store the conv values after ReLU (conv3x3_relu2d)
     BLOCK_P: tl.constexpr,
     BLOCK_CO: tl.constexpr,
 ):  # fmt: skip
@@ -253,6 +274,16 @@ def _fma_kernel(
         acc01 = _stored_conv_value(acc01, bias[:, None], dtype, ROUND_BEFORE_BIAS)
         acc10 = _stored_conv_value(acc10, bias[:, None], dtype, ROUND_BEFORE_BIAS)
         acc11 = _stored_conv_value(acc11, bias[:, None], dtype, ROUND_BEFORE_BIAS)
+    if not POOL:
+        ok = co_ok[:, None] & p_ok[None, :]
+        y, x = 2 * py[None, :], 2 * px[None, :]
+        _store_conv_value(acc00, out_ptr, son, soc, soh, sow, n, y, x, co[:, None], ok, H, W)
+        _store_conv_value(acc01, out_ptr, son, soc, soh, sow, n, y, x + 1, co[:, None], ok, H, W)
+        _store_conv_value(acc10, out_ptr, son, soc, soh, sow, n, y + 1, x, co[:, None], ok, H, W)
+        _store_conv_value(
+            acc11, out_ptr, son, soc, soh, sow, n, y + 1, x + 1, co[:, None], ok, H, W
+        )
+        return
     # The stock max-pool's running max over the window (see _dot_kernel).
     best = acc00
     best_pos = tl.zeros([BLOCK_CO, BLOCK_P], dtype=tl.int32)
@@ -304,13 +335,21 @@ def _fma_configs(shapes):
     ]
 
 
-# Autotune configs per (kernel, CONV_GRAD): only ones that compile for sm_90 without spilling
-# (tests/triton_sm90.py); conv_grad's larger epilogue spills at 64 output channels per program.
+# What a launch stores: the pooled output, the conv gradient (CONV_GRAD), or the unpooled
+# output (POOL False).
+EPILOGUES = ("pooled", "conv_grad", "unpooled")
+
+# Autotune configs per (kernel, epilogue): only ones that compile for sm_90 without spilling
+# (tests/triton_sm90.py); the conv_grad and unpooled epilogues (stores at four positions) spill
+# at 64 output channels per program.
+_FMA_CONFIGS = _fma_configs([(128, 16, 4), (256, 16, 8), (128, 8, 4)])
 CONFIGS = {
-    ("dot", False): _dot_configs([(64, 32, 4), (128, 32, 8), (64, 64, 4), (128, 64, 8)]),
-    ("dot", True): _dot_configs([(64, 32, 4), (128, 32, 8)]),
-    ("fma", False): _fma_configs([(128, 16, 4), (256, 16, 8), (128, 8, 4)]),
-    ("fma", True): _fma_configs([(128, 16, 4), (256, 16, 8), (128, 8, 4)]),
+    ("dot", "pooled"): _dot_configs([(64, 32, 4), (128, 32, 8), (64, 64, 4), (128, 64, 8)]),
+    ("dot", "conv_grad"): _dot_configs([(64, 32, 4), (128, 32, 8)]),
+    ("dot", "unpooled"): _dot_configs([(64, 32, 4), (128, 32, 8)]),
+    ("fma", "pooled"): _FMA_CONFIGS,
+    ("fma", "conv_grad"): _FMA_CONFIGS,
+    ("fma", "unpooled"): _FMA_CONFIGS,
 }
 # The interpreter's cost is per operation, not per element: few, large programs.
 _INTERPRETER_META = {
@@ -356,20 +395,25 @@ def choose_kernel(input: torch.Tensor, out: torch.Tensor) -> str:
 
 
 def forward(
-    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kernel: str | None = None
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    kernel: str | None = None,
+    pool: bool = True,
 ) -> torch.Tensor:
-    """The fused op on a 4-D input (checked by the op). `kernel` ("dot" or "fma") overrides
-    `choose_kernel`, for tests and benchmarks."""
+    """The fused op on a 4-D input (checked by the op): conv3x3_relu_maxpool2d, or with `pool`
+    False conv3x3_relu2d. `kernel` ("dot" or "fma") overrides `choose_kernel`, for tests and
+    benchmarks."""
     from .ops import output_memory_format
 
     n, _, h, w = input.shape
     out = torch.empty(
-        (n, weight.shape[0], h // 2, w // 2),
+        (n, weight.shape[0], h // 2, w // 2) if pool else (n, weight.shape[0], h, w),
         dtype=input.dtype,
         device=input.device,
         memory_format=output_memory_format(input, weight),
     )
-    return _launch(input, weight, bias, out, None, kernel)
+    return _launch(input, weight, bias, out, None, kernel, pool)
 
 
 def conv_grad(
@@ -405,13 +449,16 @@ def _conv_rounds_before_bias(device: torch.device) -> bool:
     )
 
 
-def _launch(input, weight, bias, out, grad_output, kernel):
+def _launch(input, weight, bias, out, grad_output, kernel, pool=True):
     n, c_in, h, w = input.shape
-    c_out, ho, wo = weight.shape[0], h // 2, w // 2
+    c_out = weight.shape[0]
+    # The pool windows: pooled, the output's pixels; unpooled, those that cover the output.
+    ho, wo = (h // 2, w // 2) if pool else ((h + 1) // 2, (w + 1) // 2)
     if out.numel() == 0:
         return out
     kernel = kernel or choose_kernel(input, out)
-    key = (kernel, grad_output is not None)
+    epilogue = "conv_grad" if grad_output is not None else "pooled" if pool else "unpooled"
+    key = (kernel, epilogue)
     if INTERPRETED:
         meta = dict(_INTERPRETER_META[kernel])
     elif not _AUTOTUNE:
@@ -440,6 +487,7 @@ def _launch(input, weight, bias, out, grad_output, kernel):
             HAS_BIAS=bias is not None,
             CONV_GRAD=grad_output is not None,
             ROUND_BEFORE_BIAS=grad_output is not None and _conv_rounds_before_bias(input.device),
+            POOL=pool,
             **meta,
         )  # fmt: skip
     return out

@@ -16,9 +16,10 @@ TOLERANCE = {
 }
 
 
-def stock(x, w, b):
-    """The stock composition the op must equal."""
-    return F.max_pool2d(F.relu(F.conv2d(x, w, b, stride=1, padding=1)), 2, 2)
+def stock(x, w, b, pool=True):
+    """The stock composition the op must equal (`pool` False: conv3x3_relu2d's, no pool)."""
+    activated = F.relu(F.conv2d(x, w, b, stride=1, padding=1))
+    return F.max_pool2d(activated, 2, 2) if pool else activated
 
 
 def make_inputs(
@@ -55,23 +56,25 @@ def make_inputs(
     return x, weight, b
 
 
-def reference(x, w, b):
-    """float64 stock result and the error scale of each output: the pooled max over its
-    window of sum |w| * |x| + |b|, which bounds the rounding error of every conv value."""
+def reference(x, w, b, pool=True):
+    """float64 stock result and the error scale of each output: sum |w| * |x| + |b|, which
+    bounds the rounding error of every conv value (pooled: its max over the window)."""
     x64, w64 = x.double(), w.double()
     b64 = None if b is None else b.double()
-    ref = stock(x64, w64, b64)
+    ref = stock(x64, w64, b64, pool)
     absb = None if b is None else b64.abs()
-    scale = F.max_pool2d(F.conv2d(x64.abs().nan_to_num(0, 0, 0), w64.abs(), absb, padding=1), 2, 2)
+    scale = F.conv2d(x64.abs().nan_to_num(0, 0, 0), w64.abs(), absb, padding=1)
+    if pool:
+        scale = F.max_pool2d(scale, 2, 2)
     return ref, scale.clamp_min(1e-30)
 
 
-def assert_matches_reference(out, x, w, b, *, dtype=None):
-    """`out` equals the float64 stock result within TOLERANCE[dtype] * scale, with NaN and
-    +-Inf at exactly the same places. The message says how many elements miss, where and by
-    how much, and NaN/Inf mismatches separately."""
+def assert_matches_reference(out, x, w, b, *, dtype=None, pool=True):
+    """`out` equals the float64 stock result (`pool` False: of conv3x3_relu2d) within
+    TOLERANCE[dtype] * scale, with NaN and +-Inf at exactly the same places. The message says
+    how many elements miss, where and by how much, and NaN/Inf mismatches separately."""
     dtype = dtype or x.dtype
-    ref, scale = reference(x, w, b)
+    ref, scale = reference(x, w, b, pool)
     assert out.shape == ref.shape, f"shape {tuple(out.shape)} != stock {tuple(ref.shape)}"
     assert out.dtype == x.dtype, f"dtype {out.dtype} != input dtype {x.dtype}"
     got = out.double().cpu()

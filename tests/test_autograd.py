@@ -251,3 +251,78 @@ def test_fused_model_keeps_less_for_backward_than_stock():
     # the fused op keeps only its inputs.
     pooled_outputs = 64 * 18 * 16 * 16
     assert stock_bytes - fused_bytes >= 20 * pooled_outputs
+
+
+# --- conv3x3_relu2d (no pool): keeps its output, as stock ReLU does ------------------------------
+
+
+def _grads(fn, x, w, b, grad_out):
+    x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+    b = None if b is None else b.detach().requires_grad_()
+    fn(x, w, b).backward(grad_out)
+    return tuple(None if t is None else t.grad for t in (x, w, b))
+
+
+def _stock_unpooled(x, w, b):
+    return stock(x, w, b, pool=False)
+
+
+@pytest.mark.parametrize("device,backend", device_backends())
+@pytest.mark.parametrize("shape", [*GRAD_SHAPES, (None, 4, 5, 7, 6)], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_unpooled_gradients_equal_stock(device, backend, shape, layout):
+    x, w, b = make_inputs(*shape, device=device, layout=layout)
+    grad_out = torch.randn_like(_stock_unpooled(x, w, b))
+    ours = _grads(lambda *a: sk.conv3x3_relu2d(*a, backend=backend), x, w, b, grad_out)
+    _assert_grads_close(ours, _grads(_stock_unpooled, x, w, b, grad_out), torch.float32)
+
+
+def test_unpooled_reference_gradients_are_stocks_bit_for_bit():
+    x, w, b = make_inputs(2, 5, 7, 9, 13)
+    grad_out = torch.randn(2, 7, 9, 13)
+    ours = _grads(lambda *a: sk.conv3x3_relu2d(*a, backend="reference"), x, w, b, grad_out)
+    for g, r in zip(ours, _grads(_stock_unpooled, x, w, b, grad_out), strict=True):
+        assert torch.equal(g, r)
+
+
+@pytest.mark.parametrize("device,backend", device_backends())
+def test_unpooled_nan_and_inf_route_the_gradient_as_stock(device, backend):
+    x, w, b = make_inputs(2, 3, 5, 9, 10, device=device)
+    x[0, 1, 2, 3], x[1, 0, 4, 4], x[1, 2, 0, 9] = math.nan, math.inf, -math.inf
+    grad_out = torch.randn(2, 5, 9, 10, device=device)
+    ours = _grads(lambda *a: sk.conv3x3_relu2d(*a, backend=backend), x, w, b, grad_out)
+    _assert_grads_close(ours, _grads(_stock_unpooled, x, w, b, grad_out), torch.float32)
+
+
+@pytest.mark.parametrize("device,backend", [*device_backends(), ("cpu", "reference")])
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+def test_unpooled_gradcheck_float64(device, backend, batched):
+    if backend not in backends_for(device, torch.float64):
+        pytest.skip(f"{backend} does not run float64")
+    x, w, b = make_inputs(2 if batched else None, 2, 3, 5, 7, dtype=torch.float64, device=device)
+    args = tuple(t.requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradcheck(lambda *a: sk.conv3x3_relu2d(*a, backend=backend), args)
+
+
+@pytest.mark.parametrize("device,backend", [*device_backends(), ("cpu", "reference")])
+def test_unpooled_double_backward(device, backend):
+    # create_graph=True: the backward runs through differentiable stock ops. A small case:
+    # gradgradcheck's numerical Jacobian grows with the square of the sizes.
+    if backend not in backends_for(device, torch.float64):
+        pytest.skip(f"{backend} does not run float64")
+    x, w, b = make_inputs(None, 2, 2, 3, 4, dtype=torch.float64, device=device)
+    args = tuple(t.requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradgradcheck(lambda *a: sk.conv3x3_relu2d(*a, backend=backend), args)
+
+
+@pytest.mark.parametrize("device,backend", device_backends())
+def test_unpooled_autocast_runs_in_the_autocast_dtype(device, backend):
+    x, w, b = make_inputs(4, 3, 8, 16, 16, device=device)
+    w = w.requires_grad_()
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out = sk.conv3x3_relu2d(x, w, b, backend=backend)
+        ref = F.relu(F.conv2d(x, w, b, padding=1))
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    out.float().sum().backward()
+    assert w.grad.dtype == torch.float32

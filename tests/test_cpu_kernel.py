@@ -1,6 +1,7 @@
 """The CPU kernel: its instruction-set levels, its algorithms (direct, Winograd, implicit GEMM)
 and the register allocation of its SIMD micro-kernels."""
 
+import itertools
 import os
 import re
 import shutil
@@ -214,11 +215,14 @@ def test_simd_kernels_keep_their_accumulators_in_registers(tmp_path):
     # them on the stack (40 ymm stack accesses for 3 channels) and ran ~10% slower.
     for level, max_co in [("avx2", 3), ("avx512", 6)]:
         direct = _disassemble(f"csrc/cpu/kernels_{level}.cpp", tmp_path)
-        for co in range(1, max_co + 1):
-            name = f"{level}::direct_chunk<float, {co}, 2>"
+        # Pooled and unpooled (conv3x3_relu2d) epilogues; the unpooled one's stores cost GCC
+        # one more spilled register at AVX2's 3 channels (its hot loop keeps 15 of 16 live).
+        for co, pool in itertools.product(range(1, max_co + 1), ("true", "false")):
+            name = f"{level}::direct_chunk<float, {co}, 2, {pool}>"
             fmas, spills = _vector_stack_accesses(direct, name)
             assert fmas == 36 * co, f"{name}: {fmas} FMAs, expected {36 * co}"
-            assert spills <= 2 if co > 1 else spills <= 4, f"{name}: {spills} stack accesses"
+            allowed = 4 if co == 1 or (level, co, pool) == ("avx2", 3, "false") else 2
+            assert spills <= allowed, f"{name}: {spills} stack accesses"
         # Winograd's GEMM: tiles x 16 channels (AVX2: 2 ymm per tile, up to 6 tiles; AVX-512:
         # 1 zmm, up to 16); the implicit GEMM: 4 window positions x 16 channels.
         vectors, max_rows = (2, 6) if level == "avx2" else (1, 16)

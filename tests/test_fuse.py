@@ -11,6 +11,7 @@ from torch import nn
 import simplecnn_kernels as sk
 
 FUSED = sk.Conv3x3ReLUMaxPool2d
+UNPOOLED = sk.Conv3x3ReLU2d
 
 
 def _count(model, cls):
@@ -37,7 +38,7 @@ class VGGStyle(nn.Module):
         self.head = nn.Sequential(
             nn.Conv2d(32, 32, 3, padding=1),
             nn.ReLU(),
-            nn.MaxPool2d(2, ceil_mode=True),  # ceil
+            nn.MaxPool2d(2, ceil_mode=True),  # ceil: conv + ReLU fused, the pool stays
         )
         self.fc = nn.Linear(32, 10)
 
@@ -82,8 +83,9 @@ class DoesNotTrace(nn.Module):
 def test_vgg_style_model():
     model = VGGStyle().eval()
     fused = sk.fuse(model)
-    assert fused.fused_layers == ["features.0", "features.6"]
-    assert _count(fused, FUSED) == 2 and _count(fused, nn.Conv2d) == 3  # 5x5, stride, ceil
+    assert fused.fused_layers == ["features.0", "features.6", "head.0"]
+    assert _count(fused, FUSED) == 2 and _count(fused, UNPOOLED) == 1
+    assert _count(fused, nn.Conv2d) == 2 and _count(fused, nn.MaxPool2d) == 3  # 5x5, stride; ceil
     assert _count(model, FUSED) == 0  # the original is untouched
     _assert_same_outputs(model, fused, 4, 3, 32, 32)
     assert list(fused.state_dict()) == list(model.state_dict())
@@ -327,27 +329,92 @@ def test_fused_model_with_folded_batchnorm_pickles():
 
 def test_unfused_layers_say_why():
     fused = sk.fuse(VGGStyle().eval())
-    assert set(fused.unfused_layers) == {"features.3", "features.9", "head.0"}
+    assert set(fused.unfused_layers) == {"features.3", "features.9"}
     assert "kernel_size" in fused.unfused_layers["features.3"]
     assert "stride" in fused.unfused_layers["features.9"]
-    assert "max-pool" in fused.unfused_layers["head.0"]  # ceil_mode pool
+    fused = sk.fuse(Functional().eval())
+    assert fused.unfused_layers["d"] == "an intermediate result is used elsewhere"
+    assert "padding" in fused.unfused_layers["e"] and "groups" in fused.unfused_layers["f"]
+
+
+class Unpooled(nn.Module):
+    """Conv -> [BatchNorm ->] ReLU without a pool, a ReLU output used twice (fused: the fused
+    op gives that output), a pool that is not 2x2 after ReLU, and a conv without ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b, self.bn_b = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c = nn.Conv2d(8, 8, 3, padding=1)
+        self.d = nn.Conv2d(8, 8, 3, padding=1)
+        self.e = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        x = F.relu(self.a(x))
+        x = torch.relu(self.bn_b(self.b(x)))
+        y = self.c(x).relu()
+        x = y + F.max_pool2d(y, 2).mean()
+        x = F.max_pool2d(F.relu(self.d(x)), 3, stride=1, padding=1)
+        return torch.sigmoid(self.e(x))
+
+
+def test_conv_relu_without_a_pool_is_fused_unpooled():
+    model = _randomize_batchnorms(Unpooled()).eval()
+    fused = sk.fuse(model)
+    assert fused.fused_layers == ["a", "b", "c", "d"]
+    assert all(type(fused.get_submodule(name)) is UNPOOLED for name in fused.fused_layers)
+    assert fused.unfused_layers == {"e": "not followed by ReLU (or a 2x2 max-pool and ReLU)"}
+    _assert_close_to_float64_stock(model, fused, torch.randn(2, 3, 12, 10))
+
+
+def test_unpooled_chains_in_sequentials_of_a_model_that_does_not_trace():
+    class Model(DoesNotTrace):
+        def __init__(self):
+            super().__init__()
+            self.other = nn.Sequential(
+                nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(3)
+            )
+
+    model = _randomize_batchnorms(Model()).eval()
+    fused = sk.fuse(model)
+    assert fused.fused_layers == ["block.0", "other.0"]
+    assert [type(m) for m in fused.other] == [UNPOOLED, nn.Identity, nn.Identity, nn.MaxPool2d]
+    _assert_close_to_float64_stock(model, fused, torch.randn(2, 3, 16, 16))
+
+
+def test_cifar_vgg_fuses_all_five_convs():
+    model = sk.CifarVGG().eval()
+    fused = sk.fuse(model)
+    assert len(fused.fused_layers) == 5 and _count(fused, UNPOOLED) == 1
+    _assert_close_to_float64_stock(model, fused, torch.randn(2, 3, 32, 32))
 
 
 # --- torchvision's models (random weights, nothing downloaded) -----------------------------------
 
 
-@pytest.mark.parametrize(
-    ("name", "fused_layers"),
-    [
-        ("vgg11", ["features.0", "features.3", "features.8", "features.13", "features.18"]),
-        ("vgg16_bn", ["features.3", "features.10", "features.20", "features.30", "features.40"]),
-    ],
-)
-def test_torchvision_vgg(name, fused_layers):
+@pytest.mark.parametrize(("name", "convs"), [("vgg11", 8), ("vgg16_bn", 13)])
+def test_torchvision_vgg_every_conv_fused(name, convs):
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     model = _randomize_batchnorms(getattr(torchvision.models, name)(weights=None)).eval()
     fused = sk.fuse(model)
-    assert fused.fused_layers == fused_layers
-    assert _count(fused, nn.BatchNorm2d) == (13 - len(fused_layers) if "bn" in name else 0)
+    assert len(fused.fused_layers) == convs and fused.unfused_layers == {}
+    assert _count(fused, FUSED) == 5 and _count(fused, UNPOOLED) == convs - 5
+    assert _count(fused, nn.Conv2d) == _count(fused, nn.BatchNorm2d) == 0
+    _assert_close_to_float64_stock(model, fused, torch.randn(2, 3, 64, 64))
+
+
+def test_torchvision_resnet_convs_with_relu_fused():
+    """ResNet's 3x3 convs followed by BN + ReLU are fused (unpooled); the stem (7x7), the
+    convs before the residual add and the downsampling ones stay, each with its reason."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = _randomize_batchnorms(torchvision.models.resnet18(weights=None)).eval()
+    fused = sk.fuse(model)
+    # conv1 of each BasicBlock with stride 1; conv2 feeds the residual add, not a ReLU.
+    assert fused.fused_layers == ["layer1.0.conv1", *(f"layer{i}.1.conv1" for i in (1, 2, 3, 4))]
+    assert "kernel_size" in fused.unfused_layers["conv1"]
+    assert "stride" in fused.unfused_layers["layer2.0.conv1"]
+    assert "not followed by ReLU" in fused.unfused_layers["layer4.1.conv2"]
+    assert all(type(fused.get_submodule(n)) is UNPOOLED for n in fused.fused_layers)
     _assert_close_to_float64_stock(model, fused, torch.randn(2, 3, 64, 64))

@@ -1,4 +1,7 @@
-"""The fused op against the stock composition: values, layouts, NaN/Inf, torch.compile/export."""
+"""The fused ops against the stock composition: values, layouts, NaN/Inf, torch.compile/export.
+
+Most tests run for both ops (the `op` fixture): conv3x3_relu_maxpool2d ("pooled") and its
+unpooled sibling conv3x3_relu2d."""
 
 import io
 import math
@@ -22,7 +25,16 @@ SHAPES = [  # (N, C_in, C_out, H, W)
     (1, 64, 64, 16, 16),  # wide channels
 ]
 LAYOUTS = ["contiguous", "channels_last", "strided"]
-OP = torch.ops.simplecnn.conv3x3_relu_maxpool2d
+FUSED = {"pooled": sk.conv3x3_relu_maxpool2d, "unpooled": sk.conv3x3_relu2d}
+TORCH_OPS = {
+    "pooled": torch.ops.simplecnn.conv3x3_relu_maxpool2d,
+    "unpooled": torch.ops.simplecnn.conv3x3_relu2d,
+}
+
+
+@pytest.fixture(params=list(FUSED))
+def op(request):
+    return request.param
 
 
 def _skip_unsupported(backend, dtype):
@@ -35,37 +47,46 @@ def _skip_unsupported(backend, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_matches_stock(device, backend, shape, dtype, layout, bias):
+def test_matches_stock(op, device, backend, shape, dtype, layout, bias):
     _skip_unsupported(backend, dtype)
     x, w, b = make_inputs(*shape, dtype=dtype, device=device, layout=layout, bias=bias)
-    out = sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend)
-    assert_matches_reference(out, x, w, b)
+    out = FUSED[op](x, w, b, backend=backend)
+    assert_matches_reference(out, x, w, b, pool=op == "pooled")
+
+
+@pytest.mark.parametrize("device,backend", device_backends())
+@pytest.mark.parametrize("shape", [(2, 3, 4, 1, 1), (1, 5, 3, 1, 7), (2, 3, 4, 6, 1)], ids=str)
+def test_unpooled_single_rows_and_columns(device, backend, shape):
+    """Images the pool rejects (H or W of 1) are fine without it."""
+    x, w, b = make_inputs(*shape, device=device)
+    assert_matches_reference(sk.conv3x3_relu2d(x, w, b, backend=backend), x, w, b, pool=False)
 
 
 @pytest.mark.parametrize("device,backend", device_backends())
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_output_layout_is_stocks(device, backend, layout):
+def test_output_layout_is_stocks(op, device, backend, layout):
     x, w, b = make_inputs(2, 3, 8, 10, 12, device=device, layout=layout)
     for input in (x, x[0]):  # batched and unbatched
         for weight in (w, w.contiguous(memory_format=torch.channels_last)):
-            out = sk.conv3x3_relu_maxpool2d(input, weight, b, backend=backend)
-            assert out.stride() == stock(input, weight, b).stride()
+            out = FUSED[op](input, weight, b, backend=backend)
+            assert out.stride() == stock(input, weight, b, op == "pooled").stride()
 
 
 @pytest.mark.parametrize("device,backend", device_backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_unbatched_input(device, backend, dtype):
+def test_unbatched_input(op, device, backend, dtype):
     x, w, b = make_inputs(None, 3, 18, 32, 32, dtype=dtype, device=device)
-    out = sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend)
-    assert out.shape == (18, 16, 16)
-    assert_matches_reference(out, x, w, b)
+    out = FUSED[op](x, w, b, backend=backend)
+    assert out.shape == ((18, 16, 16) if op == "pooled" else (18, 32, 32))
+    assert_matches_reference(out, x, w, b, pool=op == "pooled")
 
 
 @pytest.mark.parametrize("device,backend", device_backends())
-def test_empty_batch(device, backend):
+def test_empty_batch(op, device, backend):
     x, w, b = make_inputs(0, 3, 18, 32, 32, device=device)
-    out = sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend)
-    assert out.shape == stock(x, w, b).shape == (0, 18, 16, 16)
+    out = FUSED[op](x, w, b, backend=backend)
+    expected = (0, 18, 16, 16) if op == "pooled" else (0, 18, 32, 32)
+    assert out.shape == stock(x, w, b, op == "pooled").shape == expected
 
 
 def _poison(t, fraction, values, generator=None):
@@ -83,7 +104,7 @@ def _poison(t, fraction, values, generator=None):
 @pytest.mark.parametrize("device,backend", device_backends())
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("where", ["input", "weight", "bias"])
-def test_nan_and_inf_propagate_as_stock(device, backend, dtype, where):
+def test_nan_and_inf_propagate_as_stock(op, device, backend, dtype, where):
     _skip_unsupported(backend, dtype)
     x, w, b = make_inputs(2, 3, 7, 20, 37, dtype=dtype, device=device)
     specials = [math.nan, math.inf, -math.inf]
@@ -93,28 +114,29 @@ def test_nan_and_inf_propagate_as_stock(device, backend, dtype, where):
         w = _poison(w, 0.05, specials)
     else:
         b = _poison(b, 0.5, specials)
-    out = sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend)
-    assert_matches_reference(out, x, w, b)
+    out = FUSED[op](x, w, b, backend=backend)
+    assert_matches_reference(out, x, w, b, pool=op == "pooled")
     assert torch.isnan(out).any() or torch.isinf(out).any() or where == "weight"
 
 
 @pytest.mark.parametrize("device,backend", device_backends())
-def test_deterministic(device, backend):
+def test_deterministic(op, device, backend):
     x, w, b = make_inputs(8, 3, 18, 32, 32, device=device)
-    first = sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend)
+    first = FUSED[op](x, w, b, backend=backend)
     for _ in range(3):
-        assert torch.equal(first, sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend))
+        assert torch.equal(first, FUSED[op](x, w, b, backend=backend))
 
 
-def test_cpu_result_independent_of_thread_count():
-    x, w, b = make_inputs(3, 5, 7, 33, 20)
+@pytest.mark.parametrize("shape", [(3, 5, 7, 33, 20), (4, 32, 32, 16, 16)], ids=str)
+def test_cpu_result_independent_of_thread_count(op, shape):
+    x, w, b = make_inputs(*shape)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        serial = sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu")
+        serial = FUSED[op](x, w, b, backend="cpu")
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(serial, sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"))
+    assert torch.equal(serial, FUSED[op](x, w, b, backend="cpu"))
 
 
 def test_default_backend_on_cpu_is_the_cpp_kernel():
@@ -122,9 +144,9 @@ def test_default_backend_on_cpu_is_the_cpp_kernel():
     assert "cpu" in sk.available_backends() and "reference" in sk.available_backends()
 
 
-def test_reference_backend_is_the_stock_composition():
+def test_reference_backend_is_the_stock_composition(op):
     x, w, b = make_inputs(2, 3, 18, 32, 32)
-    assert torch.equal(sk.conv3x3_relu_maxpool2d(x, w, b, backend="reference"), stock(x, w, b))
+    assert torch.equal(FUSED[op](x, w, b, backend="reference"), stock(x, w, b, op == "pooled"))
 
 
 # --- torch.library integration ----------------------------------------------------------------
@@ -152,16 +174,16 @@ def sample_inputs(device, requires_grad=False):
 
 @pytest.mark.parametrize("device,backend", device_backends())
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["nograd", "grad"])
-def test_opcheck(device, backend, requires_grad):
+def test_opcheck(op, device, backend, requires_grad):
     for args, kwargs in sample_inputs(device, requires_grad):
-        torch.library.opcheck(OP, args, {**kwargs, "backend": backend})
+        torch.library.opcheck(TORCH_OPS[op], args, {**kwargs, "backend": backend})
 
 
 def _graph_ops(gm):
     return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
 
 
-def test_compile_fullgraph_keeps_the_op_as_one_node():
+def test_compile_fullgraph_keeps_the_op_as_one_node(op):
     graphs = []
 
     def record(gm, example_inputs):
@@ -169,13 +191,13 @@ def test_compile_fullgraph_keeps_the_op_as_one_node():
         return gm.forward
 
     x, w, b = make_inputs(4, 3, 18, 32, 32)
-    fn = torch.compile(
-        lambda x, w, b: sk.conv3x3_relu_maxpool2d(x, w, b) + 1, backend=record, fullgraph=True
-    )
-    torch.testing.assert_close(fn(x, w, b), stock(x, w, b) + 1)
+    fused = FUSED[op]
+    fn = torch.compile(lambda x, w, b: fused(x, w, b) + 1, backend=record, fullgraph=True)
+    torch.testing.assert_close(fn(x, w, b), stock(x, w, b, op == "pooled") + 1)
     ops = _graph_ops(graphs[0])
-    assert sum("simplecnn.conv3x3_relu_maxpool2d" in op for op in ops) == 1, ops
-    assert not any("conv2d" in op or "max_pool" in op for op in ops), ops
+    name = f"simplecnn.{fused.__name__}"
+    assert sum(name in node for node in ops) == 1, ops
+    assert not any("conv2d" in node or "max_pool" in node for node in ops), ops
 
 
 @pytest.mark.slow
@@ -216,9 +238,9 @@ def test_export_keeps_one_node_and_round_trips():
 # --- bad input ---------------------------------------------------------------------------------
 
 
-def _bad_cases():
+def _bad_cases(op="pooled"):
     x, w, b = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4)
-    return {
+    cases = {
         # name: (input, weight, bias, message pattern, whether stock raises too)
         "input 2-D": (x[0, 0], w, b, r"expected input of shape \(N, C_in, H, W\)", True),
         "input 5-D": (x[None], w, b, r"expected input of shape", True),
@@ -257,8 +279,6 @@ def _bad_cases():
         ),
         # Without a GPU, meta is the other device; stock lets it through (tests/gpu covers cuda).
         "device mismatch": (x, w.to("meta"), b, r"same device, got input cpu, weight meta", False),
-        "H < 2": (torch.randn(2, 3, 1, 8), w, b, r"needs H >= 2 and W >= 2", True),
-        "W < 2": (torch.randn(2, 3, 8, 1), w, b, r"needs H >= 2 and W >= 2", True),
         # Stock returns a malformed empty tensor here; a clear error is more useful.
         "C_in = 0": (
             torch.randn(2, 0, 8, 8),
@@ -269,52 +289,66 @@ def _bad_cases():
         ),
         "C_out = 0": (x, torch.randn(0, 3, 3, 3), None, r"C_in and C_out must be positive", True),
     }
+    if op == "pooled":
+        cases["H < 2"] = (torch.randn(2, 3, 1, 8), w, b, r"needs H >= 2 and W >= 2", True)
+        cases["W < 2"] = (torch.randn(2, 3, 8, 1), w, b, r"needs H >= 2 and W >= 2", True)
+    else:
+        cases["H = 0"] = (torch.randn(2, 3, 0, 8), w, b, r"needs H >= 1 and W >= 1", True)
+        cases["W = 0"] = (torch.randn(2, 3, 8, 0), w, b, r"needs H >= 1 and W >= 1", True)
+    return cases
 
 
-@pytest.mark.parametrize("case", list(_bad_cases()))
-def test_bad_input_raises_clear_error(case):
-    x, w, b, pattern, stock_raises = _bad_cases()[case]
-    with pytest.raises(RuntimeError, match=pattern):
-        sk.conv3x3_relu_maxpool2d(x, w, b)
+BAD_CASES = [pytest.param(op, case, id=f"{op}-{case}") for op in FUSED for case in _bad_cases(op)]
+
+
+@pytest.mark.parametrize("op,case", BAD_CASES)
+def test_bad_input_raises_clear_error(op, case):
+    x, w, b, pattern, stock_raises = _bad_cases(op)[case]
+    with pytest.raises(RuntimeError, match=pattern) as error:
+        FUSED[op](x, w, b)
+    assert str(error.value).startswith(f"{FUSED[op].__name__}: ")  # names the op
     if stock_raises:
         with pytest.raises((RuntimeError, ValueError)):
-            stock(x, w, b)
+            stock(x, w, b, op == "pooled")
 
 
-@pytest.mark.parametrize("case", list(_bad_cases()))
-def test_bad_input_raises_under_compile(case):
-    x, w, b, pattern, _ = _bad_cases()[case]
+@pytest.mark.parametrize("op,case", BAD_CASES)
+def test_bad_input_raises_under_compile(op, case):
+    x, w, b, pattern, _ = _bad_cases(op)[case]
     # Static shapes, so the message carries sizes rather than symbols.
-    fn = torch.compile(sk.conv3x3_relu_maxpool2d, backend="eager", fullgraph=True, dynamic=False)
+    fn = torch.compile(FUSED[op], backend="eager", fullgraph=True, dynamic=False)
     with pytest.raises(Exception, match=pattern):
         fn(x, w, b)
 
 
 # The dispatcher sends a cpu/meta mix to the Meta kernel, which the private op lacks.
 @pytest.mark.parametrize(
-    "case", [c for c in _bad_cases() if c not in ("input 2-D", "input 5-D", "device mismatch")]
+    "op,case",
+    [p for p in BAD_CASES if p.values[1] not in ("input 2-D", "input 5-D", "device mismatch")],
 )
-def test_compiled_kernel_checks_its_own_inputs(case):
+def test_compiled_kernel_checks_its_own_inputs(op, case):
     # The C++ op is reachable directly; it must raise, never crash or read out of bounds.
-    x, w, b, pattern, _ = _bad_cases()[case]
-    with pytest.raises(RuntimeError, match=pattern):
-        torch.ops.simplecnn._fused_forward(x, w, b)
+    x, w, b, pattern, _ = _bad_cases(op)[case]
+    with pytest.raises(RuntimeError, match=f"{FUSED[op].__name__}: .*{pattern}"):
+        torch.ops.simplecnn._fused_forward(x, w, b, op == "pooled")
 
 
-def test_unknown_backend():
+def test_unknown_backend(op):
     x, w, b = make_inputs(1, 3, 4, 4, 4)
-    with pytest.raises(ValueError, match=re.escape("unknown backend 'fast'")):
-        sk.conv3x3_relu_maxpool2d(x, w, b, backend="fast")
+    with pytest.raises(
+        ValueError, match=re.escape(f"{FUSED[op].__name__}: unknown backend 'fast'")
+    ):
+        FUSED[op](x, w, b, backend="fast")
     with pytest.raises(ValueError, match="unknown backend"):
         sk.Conv3x3ReLUMaxPool2d(3, 4, backend="fast")
 
 
-def test_backend_for_another_device_or_dtype():
+def test_backend_for_another_device_or_dtype(op):
     x, w, b = make_inputs(1, 3, 4, 4, 4)
     with pytest.raises(
         RuntimeError, match=r"backend 'cuda' cannot run on cpu torch.float32 tensors"
     ):
-        sk.conv3x3_relu_maxpool2d(x, w, b, backend="cuda")
+        FUSED[op](x, w, b, backend="cuda")
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checks import TOLERANCE, assert_matches_reference, make_inputs, reference
+from checks import TOLERANCE, assert_matches_reference, make_inputs, reference, stock
 
 import simplecnn_kernels as sk
 
@@ -58,6 +58,30 @@ def test_kernel_nan_and_inf(kernel, dtype):
     out = tk.forward(x, w, b, kernel=kernel)
     assert_matches_reference(out, x, w, b)
     assert torch.isnan(out).any() and torch.isinf(out).any()
+
+
+# conv3x3_relu2d: the same kernels, storing the window's four conv values after ReLU.
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # interpreter
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", [(2, 3, 18, 8, 8), (1, 5, 7, 9, 13), (1, 17, 20, 5, 1)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_unpooled_kernel_matches_stock(kernel, shape, dtype, layout):
+    x, w, b = make_inputs(*shape, dtype=dtype, layout=layout, device=DEVICE)
+    x[0, 0, 1, 0] = x[-1, -1, -1, -1] = math.nan  # NaN through ReLU, as stock
+    b[1] = -math.inf
+    out = tk.forward(x, w, b, kernel=kernel, pool=False)
+    assert_matches_reference(out, x, w, b, pool=False)
+    assert out.stride() == stock(x, w, b, pool=False).stride()
+
+
+def test_op_backend_triton_unpooled():
+    x, w, b = make_inputs(None, 3, 4, 5, 7, device=DEVICE)
+    out = sk.conv3x3_relu2d(x, w, b, backend="triton")
+    assert_matches_reference(out, x, w, b, pool=False)
+    torch.library.opcheck(
+        torch.ops.simplecnn.conv3x3_relu2d, (x[None], w, b), {"backend": "triton"}
+    )
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # interpreter

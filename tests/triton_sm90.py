@@ -26,15 +26,17 @@ _TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def compile_config(
-    kernel: str, config: triton.Config, dtype: str = "float32", conv_grad: bool = False
+    kernel: str, config: triton.Config, dtype: str = "float32", epilogue: str = "pooled"
 ) -> dict:
-    """Compiles `kernel` ("fma" or "dot", forward or conv_grad mode) with `config` for sm_90;
+    """Compiles `kernel` ("fma" or "dot") with `config` and `epilogue` (tk.EPILOGUES) for sm_90;
     returns registers, stack (spill) and local bytes per thread, and shared memory per program."""
     fn = tk._fma_kernel if kernel == "fma" else tk._dot_kernel
+    conv_grad = epilogue == "conv_grad"
     constexprs = {
         "HAS_BIAS": True,
         "CONV_GRAD": conv_grad,
         "ROUND_BEFORE_BIAS": conv_grad,  # as on CUDA
+        "POOL": epilogue != "unpooled",
         **config.kwargs,
     }
     if kernel == "dot":
@@ -72,8 +74,8 @@ def compile_config(
 
 
 def all_configs():
-    """(kernel, conv_grad, config) for every autotune config of both kernels and modes."""
-    return [(kernel, grad, c) for (kernel, grad), configs in tk.CONFIGS.items() for c in configs]
+    """(kernel, epilogue, config) for every autotune config of both kernels and epilogues."""
+    return [(kernel, ep, c) for (kernel, ep), configs in tk.CONFIGS.items() for c in configs]
 
 
 if __name__ == "__main__":
@@ -81,10 +83,10 @@ if __name__ == "__main__":
         raise SystemExit("unset TRITON_INTERPRET: the interpreter does not compile")
     spills = 0
     print(f"{'kernel':16} {'dtype':9} {'config':44} reg stack")
-    for kernel, conv_grad, config in all_configs():
+    for kernel, epilogue, config in all_configs():
         for dtype in ("float32", "bfloat16", "float16"):
-            r = compile_config(kernel, config, dtype, conv_grad)
-            name = kernel + (" conv_grad" if conv_grad else "")
+            r = compile_config(kernel, config, dtype, epilogue)
+            name = f"{kernel} {epilogue}"
             meta = f"{config.kwargs} w{config.num_warps} s{config.num_stages}"
             print(f"{name:16} {dtype:9} {meta:44} {r['reg']:3} {r['stack']:5}")
             spills += r["stack"] > 0 or r["local"] > 0

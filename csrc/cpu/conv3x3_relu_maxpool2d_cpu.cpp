@@ -59,16 +59,16 @@ std::string cpu_algorithm(const at::Tensor& input, const at::Tensor& weight) {
 }  // namespace cpu
 
 at::Tensor fused_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
-                             const std::optional<at::Tensor>& bias) {
-  check_inputs(input, weight, bias);
+                             const std::optional<at::Tensor>& bias, bool pool) {
+  check_inputs(input, weight, bias, pool);
   cpu::winograd_setting();  // a bad SIMPLECNN_CPU_WINOGRAD fails every call, not only wide ones
-  at::Tensor out = empty_output(input, weight);
+  at::Tensor out = empty_output(input, weight, pool);
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "conv3x3_relu_maxpool2d_cpu", [&] {
                                     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>,
                                                                      double, float>;
-                                    cpu::FusedForward<scalar_t, acc_t>(input, weight, bias, out).run();
+                                    cpu::FusedForward<scalar_t, acc_t>(input, weight, bias, out, pool).run();
                                   });
   return out;
 }

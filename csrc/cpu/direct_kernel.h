@@ -29,7 +29,9 @@ inline void store_window_indices(typename Vec<T>::V (&v)[4], StorageType storage
 // rows x CO output channels x NV vectors of conv columns, 2 * CO * NV accumulators. Each input
 // segment is loaded once per kx and feeds up to 2 * CO weights, each weight NV FMAs. AVX2:
 // 2 x 3 x 2 = 12 of the 16 ymm registers; AVX-512: 2 x 6 x 2 = 24 of the 32 zmm.
-template <typename T, int CO, int NV>
+// Pool false: conv3x3_relu2d's kernel, which stores both conv rows (a template parameter, not
+// a flag: the other epilogue's code changed GCC's register allocation of the pooled loop).
+template <typename T, int CO, int NV, bool Pool>
 void direct_chunk(const ChunkArgs<T>& a) {
   using VT = Vec<T>;
   using V = typename VT::V;
@@ -98,6 +100,26 @@ void direct_chunk(const ChunkArgs<T>& a) {
     }
     return;
   }
+  if constexpr (!Pool) {  // both conv rows, ReLU'd; the second row first, so that with
+                          // out_row_stride 0 (one row left at an odd height) the first stays
+#pragma GCC unroll 8
+    for (int co = 0; co < CO; ++co) {
+#pragma GCC unroll 2
+      for (int h = 0; h < NV; ++h) {
+        const int n = a.n_out - h * L < L ? a.n_out - h * L : L;
+        if (n <= 0) break;
+        T* dst = a.out + co * a.out_ch_stride + h * L;
+        if (n == L) {
+          VT::store(dst + a.out_row_stride, VT::relu_keep_nan(acc[1][co][h]));
+          VT::store(dst, VT::relu_keep_nan(acc[0][co][h]));
+        } else {
+          VT::store_first(dst + a.out_row_stride, VT::relu_keep_nan(acc[1][co][h]), n);
+          VT::store_first(dst, VT::relu_keep_nan(acc[0][co][h]), n);
+        }
+      }
+    }
+    return;
+  }
   // Pooling: vectors h and h + 1 (or h twice, for an odd last one) hold 2L conv columns, whose
   // even and odd columns are the left and right of L pooled columns.
 #pragma GCC unroll 8
@@ -135,11 +157,13 @@ void direct_chunk(const ChunkArgs<T>& a) {
   }
 }
 
-// Fills k.chunk[0 .. CO) with the kernels for blocks of 1..CO output channels.
+// Fills k.chunk[0 .. CO) and k.unpooled[0 .. CO) with the kernels for blocks of 1..CO output
+// channels.
 template <typename T, int NV, int CO>
 void fill_direct_kernels(DirectKernels<T>& k) {
   if constexpr (CO > 0) {
-    k.chunk[CO - 1] = direct_chunk<T, CO, NV>;
+    k.chunk[CO - 1] = direct_chunk<T, CO, NV, true>;
+    k.unpooled[CO - 1] = direct_chunk<T, CO, NV, false>;
     fill_direct_kernels<T, NV, CO - 1>(k);
   }
 }

@@ -23,21 +23,24 @@ namespace simplecnn::cpu {
 constexpr int64_t kStreamedOutputBytes = 2 << 20;
 
 // One call of the op: shapes, weights and the output, and the three ways to compute pooled
-// windows (direct, Winograd, implicit GEMM).
+// windows (direct, Winograd, implicit GEMM). Unpooled (conv3x3_relu2d), the same windows cover
+// the conv output, and each stores its four ReLU'd conv values instead of their max.
 template <typename scalar_t, typename acc_t>
 class FusedForward {
  public:
   FusedForward(const at::Tensor& input, const at::Tensor& weight,
-               const std::optional<at::Tensor>& bias, const at::Tensor& out)
+               const std::optional<at::Tensor>& bias, const at::Tensor& out, bool pool)
       : input_(input),
         weight_(weight),
         kernels_(cpu_kernels()),
         direct_(direct_kernels<acc_t>(kernels_)),
-        geometry_(input, weight, direct_),
+        geometry_(input, weight, direct_, pool),
+        pool_(pool),
         N_(input.size(0)), C_in_(input.size(1)), C_out_(weight.size(0)),
-        Ho_(out.size(2)), Wo_(out.size(3)),
+        Ho_(pool ? out.size(2) : ceil_div(out.size(2), 2)),
+        Wo_(pool ? out.size(3) : ceil_div(out.size(3), 2)),
         bias_(read_bias<scalar_t, acc_t>(bias, weight.size(0))),
-        target_(out) {
+        target_(out, pool) {
     algorithm_ = choose_algorithm<acc_t>(kernels_, input, weight);
     if (algorithm_ == Algorithm::kWinograd2x2 || algorithm_ == Algorithm::kWinograd4x4)
       transform_weights(weight);
@@ -53,53 +56,71 @@ class FusedForward {
   }
 
  private:
-  // Where the direct kernel's pooled values go (direct_row's target): float32 and float64
-  // outputs with contiguous rows are written in place; other dtypes and layouts go through a
-  // small tile that is converted and scattered.
+  // Where the direct kernel's pooled (or unpooled: conv) values go (direct_row's target):
+  // float32 and float64 outputs with contiguous rows are written in place; other dtypes and
+  // layouts go through a small tile that is converted and scattered.
   struct OutputTarget {
-    explicit OutputTarget(const at::Tensor& out)
+    OutputTarget(const at::Tensor& out, bool pool)
         : ptr(out.mutable_data_ptr<scalar_t>()), sN(out.stride(0)), sC(out.stride(1)),
-          sH(out.stride(2)), sW(out.stride(3)),
+          sH(out.stride(2)), sW(out.stride(3)), H(out.size(2)), W(out.size(3)), pool(pool),
           in_place(std::is_same_v<scalar_t, acc_t> && sW == 1),
           // Outputs larger than the threads' L2 caches are streamed past them: the write then
           // needs no read of the line first. Measured on the seed layer (3 -> 18, 32x32, Zen 4,
           // 2 threads): N=256 (4.7 MB) 1.8 -> 1.45 ms, N=1024 7.5 -> 6.1; SimpleCNN N=256 the
           // same (its next layer reads the output from memory instead of L3).
-          stream(in_place && out.numel() * int64_t(sizeof(scalar_t)) > kStreamedOutputBytes) {}
-    // Per thread: the image and pooled row being written, the conversion tile.
+          stream(pool && in_place &&
+                 out.numel() * int64_t(sizeof(scalar_t)) > kStreamedOutputBytes) {}
+    // Per thread: the image and pooled row being written (unpooled: its first conv row and how
+    // many of the two are inside the output), the conversion tile.
     struct Row {
       const OutputTarget& out;
       scalar_t* row;
-      acc_t tile[kMaxCoBlock * kMaxChunkPooled];
+      int rows;
+      // [channel][row][column]; pooled, [channel][column]
+      acc_t tile[kMaxCoBlock * 2 * kMaxChunkCols];
+      static constexpr int64_t kTileRow = kMaxChunkCols, kTileChannel = 2 * kMaxChunkCols;
+      // The output's column of the chunk at conv column x.
+      int64_t column(int64_t x) const { return out.pool ? x / 2 : x; }
       void prepare(ChunkArgs<acc_t>& args, int64_t co0, int64_t x) {
         args.out = tile;
-        args.out_ch_stride = kMaxChunkPooled;
+        args.out_ch_stride = kTileChannel;
+        args.out_row_stride = rows == 2 ? kTileRow : 0;
         if constexpr (std::is_same_v<scalar_t, acc_t>) {
           if (out.in_place) {
-            args.out = row + co0 * out.sC + (x / 2) * out.sW;
+            args.out = row + co0 * out.sC + column(x) * out.sW;
             args.out_ch_stride = out.sC;
+            args.out_row_stride = rows == 2 ? out.sH : 0;
             args.stream_out = out.stream;
           }
         }
       }
       void finish(const ChunkArgs<acc_t>& args, int64_t co0, int cob, int64_t x) {
         if (out.in_place) return;
-        scalar_t* dst = row + co0 * out.sC + (x / 2) * out.sW;
+        scalar_t* dst = row + co0 * out.sC + column(x) * out.sW;
         for (int j = 0; j < cob; ++j)
-          for (int i = 0; i < args.n_out; ++i)
-            dst[j * out.sC + i * out.sW] = static_cast<scalar_t>(tile[j * kMaxChunkPooled + i]);
+          for (int r = 0; r < rows; ++r)
+            for (int i = 0; i < args.n_out; ++i)
+              dst[j * out.sC + r * out.sH + i * out.sW] =
+                  static_cast<scalar_t>(tile[j * kTileChannel + r * kTileRow + i]);
       }
     };
-    Row row(int64_t n, int64_t py) const { return Row{*this, ptr + n * sN + py * sH, {}}; }
-    // Channels [co0, co0 + count) of pooled output (n, py, px), from the float kernels.
-    void store(int64_t n, int64_t py, int64_t px, int64_t co0, int64_t count,
+    // Pooled row py (unpooled: conv rows 2 py and 2 py + 1) of image n.
+    Row row(int64_t n, int64_t py) const {
+      if (pool) return Row{*this, ptr + n * sN + py * sH, 1, {}};
+      return Row{*this, ptr + n * sN + 2 * py * sH,
+                 static_cast<int>(std::min<int64_t>(2, H - 2 * py)), {}};
+    }
+    // Channels [co0, co0 + count) of output (n, y, x) (pooled or conv), from the float
+    // kernels; nothing outside the output (windows and tiles reach past odd sizes).
+    void store(int64_t n, int64_t y, int64_t x, int64_t co0, int64_t count,
                const float* values) const {
-      scalar_t* dst = ptr + n * sN + py * sH + px * sW + co0 * sC;
+      if (y >= H || x >= W) return;
+      scalar_t* dst = ptr + n * sN + y * sH + x * sW + co0 * sC;
       for (int64_t j = 0; j < count; ++j) dst[j * sC] = static_cast<scalar_t>(values[j]);
     }
     scalar_t* ptr;
-    int64_t sN, sC, sH, sW;
-    bool in_place, stream;
+    int64_t sN, sC, sH, sW, H, W;
+    bool pool, in_place, stream;
   };
 
   // Per-thread buffers of the direct kernel.
@@ -169,6 +190,9 @@ class FusedForward {
   const CpuKernels& kernels_;  // the level's, read once per call
   const DirectKernels<acc_t>& direct_;
   const DirectGeometry geometry_;
+  const bool pool_;  // false: conv3x3_relu2d
+  // Ho_ x Wo_ pool windows: the pooled output's size; unpooled, the windows that cover the
+  // output (ceil(H / 2) x ceil(W / 2)).
   const int64_t N_, C_in_, C_out_, Ho_, Wo_;
   const std::vector<acc_t> bias_;
   const OutputTarget target_;

@@ -79,7 +79,7 @@ void FusedForward<scalar_t, acc_t>::implicit_gemm_rows(const float* staged, int6
                                                        int64_t rows, int64_t b0, int64_t b1,
                                                        float* partial) {
   const float* weights = gemm_weights();
-  float pooled[kGemmCoBlock];
+  float out[4 * kGemmCoBlock];  // pooled: the first kGemmCoBlock
   for (int64_t b = b0; b < b1; ++b)
     for (int64_t c0 = 0; c0 < C_in_; c0 += kGemmCiBlock) {
       const int64_t cib = std::min(kGemmCiBlock, C_in_ - c0);
@@ -91,14 +91,21 @@ void FusedForward<scalar_t, acc_t>::implicit_gemm_rows(const float* staged, int6
                                   cib,
                                   weights + (b * C_in_ + c0) * 9 * kGemmCoBlock,
                                   gemm_bias_.data() + b * kGemmCoBlock,
-                                  pooled,
+                                  out,
                                   partial + t * 4 * kGemmCoBlock,
                                   c0 == 0,
-                                  c0 + cib == C_in_};
+                                  c0 + cib == C_in_,
+                                  pool_};
         kernels_.window_gemm(args);
-        if (args.last)
-          target_.store(n, py0 + py, px, b * kGemmCoBlock,
-                        std::min<int64_t>(kGemmCoBlock, C_out_ - b * kGemmCoBlock), pooled);
+        if (!args.last) continue;
+        const int64_t co0 = b * kGemmCoBlock, count = std::min<int64_t>(kGemmCoBlock, C_out_ - co0);
+        if (pool_) {
+          target_.store(n, py0 + py, px, co0, count, out);
+        } else {  // the window's conv values in max-pool order: (0, 0), (0, 1), (1, 0), (1, 1)
+          for (int p = 0; p < 4; ++p)
+            target_.store(n, 2 * (py0 + py) + p / 2, 2 * px + p % 2, co0, count,
+                          out + p * kGemmCoBlock);
+        }
       }
     }
 }

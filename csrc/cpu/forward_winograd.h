@@ -56,11 +56,12 @@ void FusedForward<scalar_t, acc_t>::run_winograd() {
   const int64_t cols = m * tiles_w + 2, ci_p = wino_ci(), co_p = wino_co();
   const int64_t image_stride = (m * rows + 2) * cols * ci_p, tiles = images * rows * tiles_w;
   const int64_t positions = (m + 2) * (m + 2), windows = window_side * window_side;
+  const int64_t outputs = pool_ ? windows : m * m;  // per tile
 
   at::parallel_for(0, ceil_div(N_, images) * row_blocks * splits, 1, [&](int64_t begin,
                                                                           int64_t end) {
     std::vector<float> staged(images * image_stride), v(positions * tiles * ci_p),
-        products(positions * tiles * co_p), pooled(tiles * windows * co_p);
+        products(positions * tiles * co_p), out(tiles * outputs * co_p);
     std::vector<float> partial;  // for the implicit GEMM, where it redoes windows
     for (int64_t item = begin; item < end; ++item) {
       const int64_t group = item / splits, b0 = item % splits * blocks_per_item;
@@ -73,19 +74,19 @@ void FusedForward<scalar_t, acc_t>::run_winograd() {
       const WinogradTilesArgs args{m, staged.data(), image_stride, cols * ci_p, ci_p,
                                    nb, rb, tiles_w, co_p, b0 * kWinogradCoBlock,
                                    b1 * kWinogradCoBlock, u_.get(), wino_bias_.data(),
-                                   v.data(), products.data(), pooled.data()};
+                                   v.data(), products.data(), out.data(), pool_};
       const int64_t co0 = b0 * kWinogradCoBlock;
       const int64_t count = std::min(b1 * kWinogradCoBlock, C_out_) - co0;
       const int64_t py0 = ty0 * window_side, py1 = std::min(Ho_, (ty0 + rb) * window_side);
       if (kernels_.winograd_tiles(args)) {
+        // Output (pooled window or conv value) o of tile t; the target skips those past the
+        // output's odd sizes.
+        const int64_t side = pool_ ? window_side : m;
         for (int64_t t = 0; t < nb * rb * tiles_w; ++t)
-          for (int64_t w = 0; w < windows; ++w) {
-            const int64_t py = py0 + (t / tiles_w) % rb * window_side + w / window_side;
-            const int64_t px = t % tiles_w * window_side + w % window_side;
-            if (py < py1 && px < Wo_)  // tiles may reach past odd pooled sizes
-              target_.store(n0 + t / (rb * tiles_w), py, px, co0, count,
-                            pooled.data() + (t * windows + w) * co_p + co0);
-          }
+          for (int64_t o = 0; o < outputs; ++o)
+            target_.store(n0 + t / (rb * tiles_w), (ty0 + (t / tiles_w) % rb) * side + o / side,
+                          t % tiles_w * side + o % side, co0, count,
+                          out.data() + (t * outputs + o) * co_p + co0);
         continue;
       }
       // A non-finite value somewhere in these tiles: the implicit GEMM, whose direct sums

@@ -24,13 +24,15 @@ struct WindowGemmArgs {
   int64_t c_in;              // input channels of this call (`in` and `weight` at the first)
   const float* weight;       // this block's weights, [channel][ky][kx][kGemmCoBlock]
   const float* bias;         // kGemmCoBlock values (read by the first call)
-  float* out;                // kGemmCoBlock pooled values
+  float* out;                // kGemmCoBlock pooled values (unpooled: [4][kGemmCoBlock])
   // A call may cover only a block of the input channels: `partial` keeps the window's conv sums
   // between calls, [4][kGemmCoBlock]. The first call starts from the bias, calls but the last store
   // to `partial`, the last one pools and stores `out`.
   float* partial;
   bool first;
   bool last;
+  // False: no pool; the last call stores relu of the window's 4 conv values (conv3x3_relu2d).
+  bool pool = true;
 };
 
 // The kernels (kernel_table.h: CpuKernels::window_gemm, transpose):

@@ -46,6 +46,14 @@ inline void window_gemm(const WindowGemmArgs& a) {
       for (int h = 0; h < kNV; ++h) VF::store(a.partial + p * kGemmCoBlock + h * kL, acc[p][h]);
     return;
   }
+  if (!a.pool) {  // conv3x3_relu2d
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; ++p)
+#pragma GCC unroll 2
+      for (int h = 0; h < kNV; ++h)
+        VF::store(a.out + p * kGemmCoBlock + h * kL, VF::relu_keep_nan(acc[p][h]));
+    return;
+  }
 #pragma GCC unroll 2
   for (int h = 0; h < kNV; ++h) {
     const V top = VF::max_keep_nan(acc[0][h], acc[1][h]);

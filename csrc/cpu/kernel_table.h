@@ -23,7 +23,8 @@ template <typename T>
 struct DirectKernels {
   int chunk_cols = 0;  // conv columns per call (a multiple of 2)
   int max_co_block = 0;
-  ChunkKernel<T> chunk[kMaxCoBlock] = {};  // [co_block - 1]
+  ChunkKernel<T> chunk[kMaxCoBlock] = {};     // [co_block - 1]
+  ChunkKernel<T> unpooled[kMaxCoBlock] = {};  // the same for conv3x3_relu2d
 };
 
 // The backward pass's strip filling and per-channel gradient loops of one level and dtype

@@ -1,4 +1,5 @@
-// The CPU micro-kernel interface: one call computes a chunk of one pooled output row.
+// The CPU micro-kernel interface: one call computes a chunk of one pooled output row (or, for
+// the unpooled op, conv3x3_relu2d, the two conv rows under it).
 //
 // The drivers (via direct_row in staging.h) copy the input rows a task needs into a
 // zero-padded scratch buffer in the accumulation type, so the micro-kernels see no borders,
@@ -7,6 +8,7 @@
 // DirectKernels), in registers; max-pools
 // them 2x2, applies ReLU and stores only the pooled values. The full-size conv output never
 // reaches memory; with many input channels, a 2 x co_block x chunk_cols tile of partial sums does.
+// Unpooled (DirectKernels::unpooled), the last call stores both conv rows after ReLU instead.
 //
 // Deliberately free of ATen headers: kernels_avx2.cpp and kernels_avx512.cpp include it and
 // must not instantiate inline functions that the generic build would share.
@@ -33,9 +35,11 @@ struct ChunkArgs {
   int64_t c_in;
   const acc_t* weight;  // packed for this channel block: [c_in][ky][kx][co_block]
   const acc_t* bias;    // co_block values (zeros when the op has no bias)
-  acc_t* out;           // pooled value (py, x / 2) of the block's first channel
-  int64_t out_ch_stride;  // elements between channels in `out`; pooled columns are contiguous
+  acc_t* out;           // pooled value (py, x / 2) of the block's first channel (unpooled:
+                        // conv value (2 py, x))
+  int64_t out_ch_stride;  // elements between channels in `out`; columns are contiguous
   int n_out;              // pooled columns to store: chunk_cols / 2, fewer at the row's end
+                          // (unpooled: conv columns, chunk_cols or fewer)
   // A call may cover only a block of the input channels (c_in of them, `in` and `weight` at the
   // block's first): `partial` keeps the conv sums between calls, [2][co_block][chunk_cols].
   // The first call starts from the bias; calls but the last store to `partial`; the last one
@@ -53,6 +57,10 @@ struct ChunkArgs {
   // Whole aligned vectors of pooled values go to `out` with stores that bypass the caches (the
   // caller fences before the output is read).
   bool stream_out = false;
+  // Unpooled kernels (DirectKernels::unpooled): the last call stores relu of both conv rows,
+  // out_row_stride elements apart in `out` (0 where only the first row is wanted: the last row
+  // of an odd height).
+  int64_t out_row_stride = 0;
 };
 
 template <typename acc_t>

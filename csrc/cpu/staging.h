@@ -55,13 +55,16 @@ constexpr int64_t kInputChannelBlock = 32;
 // The direct kernel's view of one call: sizes, the level's blocking and the scratch geometry.
 struct DirectGeometry {
   template <typename acc_t>
-  DirectGeometry(const at::Tensor& input, const at::Tensor& weight, const DirectKernels<acc_t>& k)
+  DirectGeometry(const at::Tensor& input, const at::Tensor& weight, const DirectKernels<acc_t>& k,
+                 bool pool = true)
       : c_in(input.size(1)), w(input.size(3)), c_out(weight.size(0)), wo(input.size(3) / 2),
-        chunk_cols(k.chunk_cols), co_block(k.max_co_block),
-        // The last chunk of a row reads up to column round_up(2*Wo, chunk_cols) + 1.
-        padded_w(std::max(w + 2, ceil_div(2 * wo, chunk_cols) * chunk_cols + 2)),
-        row_stride(c_in * padded_w) {}
-  int64_t c_in, w, c_out, wo, chunk_cols, co_block, padded_w, row_stride;
+        conv_cols(pool ? 2 * wo : w), chunk_cols(k.chunk_cols), co_block(k.max_co_block),
+        // The last chunk of a row reads up to column round_up(conv_cols, chunk_cols) + 1.
+        padded_w(std::max(w + 2, ceil_div(conv_cols, chunk_cols) * chunk_cols + 2)),
+        row_stride(c_in * padded_w), pool(pool) {}
+  // conv_cols: the conv columns computed (pooled: 2 Wo, unpooled: all W).
+  int64_t c_in, w, c_out, wo, conv_cols, chunk_cols, co_block, padded_w, row_stride;
+  bool pool;
 };
 
 // Copies input rows [y0, y0 + rows) of image n, all channels, into `scratch` laid out as
@@ -136,13 +139,14 @@ std::vector<acc_t> read_bias(const std::optional<at::Tensor>& bias, int64_t c_ou
 // Runs the direct micro-kernels `k` over one pooled row: `rows` is the staged scratch at the
 // row's top halo row, `partial` holds 2 * c_out * chunk_cols partial sums. For each chunk of
 // chunk_cols conv columns and block of output channels, target.prepare(args, co0, x) points
-// the last call's output (pooled values or window indices) somewhere, and
+// the last call's output (pooled values, unpooled conv values or window indices) somewhere, and
 // target.finish(args, co0, cob, x) runs after it.
 template <typename acc_t, typename Target>
 void direct_row(const DirectGeometry& g, const DirectKernels<acc_t>& k, const acc_t* rows,
                 const acc_t* packed, const acc_t* bias, acc_t* partial, Target& target) {
-  for (int64_t x = 0; x < 2 * g.wo; x += g.chunk_cols) {
-    const int n_out = static_cast<int>(std::min<int64_t>(g.chunk_cols / 2, g.wo - x / 2));
+  for (int64_t x = 0; x < g.conv_cols; x += g.chunk_cols) {
+    const int n_out = static_cast<int>(g.pool ? std::min<int64_t>(g.chunk_cols / 2, g.wo - x / 2)
+                                              : std::min<int64_t>(g.chunk_cols, g.w - x));
     // Input channels in blocks, all output channels per block: the chunk's input rows for one
     // block stay in L1 while every output channel reads them.
     for (int64_t ci0 = 0; ci0 < g.c_in; ci0 += kInputChannelBlock) {
@@ -163,7 +167,7 @@ void direct_row(const DirectGeometry& g, const DirectKernels<acc_t>& k, const ac
                               ci0 == 0,
                               last};
         if (last) target.prepare(args, co0, x);
-        k.chunk[cob - 1](args);
+        (g.pool ? k.chunk : k.unpooled)[cob - 1](args);
         if (last) target.finish(args, co0, cob, x);
       }
     }

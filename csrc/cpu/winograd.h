@@ -27,7 +27,7 @@ namespace simplecnn::cpu {
 constexpr int kWinogradCoBlock = 16;  // output channels per GEMM micro-kernel call
 constexpr int kWinogradCiAlign = 16;  // input channels are padded to a multiple of this (zmm)
 
-// One call computes the pooled outputs of `images` x `rows` x `cols` tiles of m x m conv
+// One call computes the pooled (or, unpooled, the ReLU'd conv) outputs of `images` x `rows` x `cols` tiles of m x m conv
 // outputs: tile rows [ty0, ty0 + rows) of `images` consecutive images, all tile columns. Tile t
 // is image t / (rows * cols), tile row (t / cols) % rows, tile column t % cols; its input tile
 // starts m * (its row within the call) rows and m * (its column) columns into the image's
@@ -47,14 +47,16 @@ struct WinogradTilesArgs {
   const float* bias;  // co_padded values
   float* v;           // work space [(m+2)^2][tiles][ci_padded]
   float* products;    // work space [(m+2)^2][tiles][co_padded]
-  // Result [tiles][(m/2)^2 windows, row by row][co_padded]: relu(max of the window + bias),
-  // for channels [co_begin, co_end).
-  float* pooled;
+  // Result for channels [co_begin, co_end): [tiles][(m/2)^2 windows, row by row][co_padded],
+  // relu(max of the window + bias); unpooled (`pool` false), [tiles][m*m conv outputs, row by
+  // row][co_padded], relu(conv + bias).
+  float* out;
+  bool pool;
 };
 
 // The kernels (kernel_table.h: CpuKernels::winograd_tiles, transform_weights):
 // - winograd_tiles(args) computes the tiles; false when it met a non-finite value (nothing
-//   usable in `pooled`).
+//   usable in `out`).
 // - transform_weights(m, g, channels, u, position_stride, stream): the weight transform
 //   U = G g G^T of F(m x m, 3x3), in double, of kWinogradCoBlock output channels and `channels`
 //   input channels: g[ci][tap][16] in; out, rounded to float once,

@@ -166,8 +166,9 @@ void multiply(const WinogradTilesArgs& a) {
 }
 
 // Y = A^T M A gives the tile's conv values (without bias); then per pool window the max,
-// bias, ReLU. False when any conv value is not finite (an overflow in the products or the
-// sums, which the direct sums may not have): direct sums then decide those windows.
+// bias, ReLU (unpooled: bias and ReLU per value). False when any conv value is not finite (an
+// overflow in the products or the sums, which the direct sums may not have): direct sums then
+// decide those windows.
 template <int M>
 bool output_transform(const WinogradTilesArgs& a) {
   constexpr int A = M + 2, W = M / 2;  // input tile side, pool windows per tile side
@@ -176,7 +177,7 @@ bool output_transform(const WinogradTilesArgs& a) {
   const int64_t plane = tiles(a) * a.co_padded;
   for (int64_t t = 0; t < tiles(a); ++t) {
     const float* m = a.products + t * a.co_padded;
-    float* pooled = a.pooled + t * W * W * a.co_padded;
+    float* out = a.out + t * (a.pool ? W * W : M * M) * a.co_padded;
     for (int64_t co = a.co_begin; co < a.co_end; co += kL) {
       V r[M][A];  // A^T M, column by column
       for (int j = 0; j < A; ++j) {
@@ -191,11 +192,18 @@ bool output_transform(const WinogradTilesArgs& a) {
         for (int j = 0; j < M; ++j) check = VF::fmadd(y[i][j], zero, check);
       }
       const V bias = VF::load(a.bias + co);
+      if (!a.pool) {  // conv3x3_relu2d
+        for (int i = 0; i < M; ++i)
+          for (int j = 0; j < M; ++j)
+            VF::store(out + (i * M + j) * a.co_padded + co,
+                      VF::relu_keep_nan(VF::add(y[i][j], bias)));
+        continue;
+      }
       for (int wy = 0; wy < W; ++wy)
         for (int wx = 0; wx < W; ++wx) {
           const V top = VF::max_keep_nan(y[2 * wy][2 * wx], y[2 * wy][2 * wx + 1]);
           const V bottom = VF::max_keep_nan(y[2 * wy + 1][2 * wx], y[2 * wy + 1][2 * wx + 1]);
-          VF::store(pooled + (wy * W + wx) * a.co_padded + co,
+          VF::store(out + (wy * W + wx) * a.co_padded + co,
                     VF::relu_keep_nan(VF::add(VF::max_keep_nan(top, bottom), bias)));
         }
     }

@@ -9,11 +9,11 @@
 namespace simplecnn {
 
 at::Tensor fused_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
-                              const std::optional<at::Tensor>& bias) {
-  check_inputs(input, weight, bias);
+                              const std::optional<at::Tensor>& bias, bool pool) {
+  check_inputs(input, weight, bias, pool);
   const c10::cuda::CUDAGuard device_guard(input.device());
-  at::Tensor out = empty_output(input, weight);
-  if (out.numel() > 0) cuda::launch_fused_forward(input, weight, bias, out);
+  at::Tensor out = empty_output(input, weight, pool);
+  if (out.numel() > 0) cuda::launch_fused_forward(input, weight, bias, out, pool);
   return out;
 }
 

@@ -6,7 +6,9 @@
 // along the input rows; each thread then computes the four conv values of its pooled window for
 // all kCoPerThread channels in registers (bias first, as the stock conv adds it), and finally
 // takes the max over the window (NaN-propagating, as the stock max-pool), applies ReLU once and
-// stores the pooled values. The conv output never reaches global memory.
+// stores the pooled values. The conv output never reaches global memory. Unpooled (Pool false:
+// conv3x3_relu2d), the same windows cover the conv output and each thread stores its four conv
+// values after ReLU.
 //
 // Any input and output strides are read directly (channels_last input is staged through the
 // same strided loads, less coalesced; no contiguous copy is made). float, half and bfloat16
@@ -38,7 +40,13 @@ __device__ __forceinline__ acc_t max_keep_nan(acc_t a, acc_t b) {
   return (a != a || a > b) ? a : b;  // NaN wins, as in the stock max-pool
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename acc_t>
+__device__ __forceinline__ acc_t relu_keep_nan(acc_t a) {
+  return (a != a || a > acc_t(0)) ? a : acc_t(0);  // NaN passes, as in the stock ReLU
+}
+
+// Ho x Wo pool windows: the pooled output's size, or unpooled the windows covering the output.
+template <typename scalar_t, typename acc_t, bool Pool>
 __global__ void __launch_bounds__(kThreads) fused_forward_kernel(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
     const scalar_t* __restrict__ b, scalar_t* __restrict__ out, int64_t C_in, int64_t H,
@@ -111,30 +119,46 @@ __global__ void __launch_bounds__(kThreads) fused_forward_kernel(
 
   const int64_t py = py0 + ty, px = px0 + tx;
   if (py >= Ho || px >= Wo) return;
+  if constexpr (!Pool) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int64_t y = 2 * py + q / 2, xx = 2 * px + q % 2;
+      if (y >= H || xx >= W) continue;  // odd sizes: the last windows are partly outside
+      scalar_t* o = out + n * son + y * soh + xx * sow;
+#pragma unroll
+      for (int j = 0; j < kCoPerThread; ++j) {
+        if (co0 + j >= C_out) break;
+        o[(co0 + j) * soc] = scalar_t(relu_keep_nan(acc[j][q]));
+      }
+    }
+    return;
+  }
   scalar_t* o = out + n * son + py * soh + px * sow;
 #pragma unroll
   for (int j = 0; j < kCoPerThread; ++j) {
     if (co0 + j >= C_out) break;
-    acc_t m = max_keep_nan(max_keep_nan(acc[j][0], acc[j][1]), max_keep_nan(acc[j][2], acc[j][3]));
-    m = (m != m || m > acc_t(0)) ? m : acc_t(0);  // ReLU once, after the max; NaN passes
-    o[(co0 + j) * soc] = scalar_t(m);
+    const acc_t m =
+        max_keep_nan(max_keep_nan(acc[j][0], acc[j][1]), max_keep_nan(acc[j][2], acc[j][3]));
+    o[(co0 + j) * soc] = scalar_t(relu_keep_nan(m));  // ReLU once, after the max
   }
 }
 
 }  // namespace
 
 void launch_fused_forward(const at::Tensor& input, const at::Tensor& weight,
-                          const std::optional<at::Tensor>& bias, const at::Tensor& out) {
+                          const std::optional<at::Tensor>& bias, const at::Tensor& out, bool pool) {
   const int64_t N = input.size(0), C_in = input.size(1), H = input.size(2), W = input.size(3);
-  const int64_t C_out = weight.size(0), Ho = out.size(2), Wo = out.size(3);
+  const int64_t C_out = weight.size(0);
+  const int64_t Ho = pool ? out.size(2) : (H + 1) / 2, Wo = pool ? out.size(3) : (W + 1) / 2;
   const int64_t tiles_w = (Wo + kTileW - 1) / kTileW;
   const int64_t tiles_per_image = ((Ho + kTileH - 1) / kTileH) * tiles_w;
   const int64_t blocks = N * tiles_per_image;
   const int64_t co_blocks = (C_out + kCoPerThread - 1) / kCoPerThread;
   // CUDA's grid limits: 2^31 - 1 blocks in x, 65535 in y.
-  TORCH_CHECK(blocks <= 0x7fffffff, "conv3x3_relu_maxpool2d: input too large for one launch (",
+  const char* op = pool ? "conv3x3_relu_maxpool2d" : "conv3x3_relu2d";
+  TORCH_CHECK(blocks <= 0x7fffffff, op, ": input too large for one launch (",
               blocks, " blocks)");
-  TORCH_CHECK(co_blocks <= 65535, "conv3x3_relu_maxpool2d: the CUDA kernel takes at most ",
+  TORCH_CHECK(co_blocks <= 65535, op, ": the CUDA kernel takes at most ",
               65535 * kCoPerThread, " output channels, got weight with C_out=", C_out);
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(co_blocks));
   // The current stream, so CUDA graphs and torch.compile(mode="reduce-overhead") see the work.
@@ -142,7 +166,9 @@ void launch_fused_forward(const at::Tensor& input, const at::Tensor& weight,
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_relu_maxpool2d_cuda", [&] {
         using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-        fused_forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+        auto kernel = pool ? fused_forward_kernel<scalar_t, acc_t, true>
+                           : fused_forward_kernel<scalar_t, acc_t, false>;
+        kernel<<<grid, kThreads, 0, stream>>>(
             input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
             bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr,
             out.mutable_data_ptr<scalar_t>(), C_in, H, W, C_out, Ho, Wo, tiles_w, tiles_per_image,

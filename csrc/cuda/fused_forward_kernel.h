@@ -1,5 +1,6 @@
-// The CUDA kernel's launcher (fused_forward_kernel.cu), called by the op's CUDA
-// implementation (conv3x3_relu_maxpool2d_cuda.cpp) with checked arguments and the output.
+// The CUDA kernel's launcher (fused_forward_kernel.cu; `pool` false: conv3x3_relu2d), called by
+// the ops' CUDA implementation (conv3x3_relu_maxpool2d_cuda.cpp) with checked arguments and the
+// output.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -9,6 +10,6 @@
 namespace simplecnn::cuda {
 
 void launch_fused_forward(const at::Tensor& input, const at::Tensor& weight,
-                          const std::optional<at::Tensor>& bias, const at::Tensor& out);
+                          const std::optional<at::Tensor>& bias, const at::Tensor& out, bool pool);
 
 }  // namespace simplecnn::cuda
