@@ -118,6 +118,16 @@ class FusedForward {
       scalar_t* dst = ptr + n * sN + y * sH + x * sW + co0 * sC;
       for (int64_t j = 0; j < count; ++j) dst[j * sC] = static_cast<scalar_t>(values[j]);
     }
+    // Channels [co0, co0 + count) of output row (n, y), every column x from values at(x)[j]
+    // (j the channel within the block): channel by channel, along the rows.
+    template <typename ValuesAt>
+    void store_row(int64_t n, int64_t y, int64_t co0, int64_t count, ValuesAt at) const {
+      if (y >= H) return;
+      for (int64_t j = 0; j < count; ++j) {
+        scalar_t* dst = ptr + n * sN + (co0 + j) * sC + y * sH;
+        for (int64_t x = 0; x < W; ++x) dst[x * sW] = static_cast<scalar_t>(at(x)[j]);
+      }
+    }
     scalar_t* ptr;
     int64_t sN, sC, sH, sW, H, W;
     bool pool, in_place, stream;

@@ -79,14 +79,26 @@ void FusedForward<scalar_t, acc_t>::run_winograd() {
       const int64_t count = std::min(b1 * kWinogradCoBlock, C_out_) - co0;
       const int64_t py0 = ty0 * window_side, py1 = std::min(Ho_, (ty0 + rb) * window_side);
       if (kernels_.winograd_tiles(args)) {
-        // Output (pooled window or conv value) o of tile t; the target skips those past the
-        // output's odd sizes.
+        // Output (pooled window or conv value) o of tile t, `side` x `side` per tile; the
+        // target skips those past the output's odd sizes.
         const int64_t side = pool_ ? window_side : m;
-        for (int64_t t = 0; t < nb * rb * tiles_w; ++t)
-          for (int64_t o = 0; o < outputs; ++o)
-            target_.store(n0 + t / (rb * tiles_w), (ty0 + (t / tiles_w) % rb) * side + o / side,
-                          t % tiles_w * side + o % side, co0, count,
-                          out.data() + (t * outputs + o) * co_p + co0);
+        if (target_.sC == 1) {  // channels_last: each position's channels are contiguous
+          for (int64_t t = 0; t < nb * rb * tiles_w; ++t)
+            for (int64_t o = 0; o < outputs; ++o)
+              target_.store(n0 + t / (rb * tiles_w), (ty0 + (t / tiles_w) % rb) * side + o / side,
+                            t % tiles_w * side + o % side, co0, count,
+                            out.data() + (t * outputs + o) * co_p + co0);
+          continue;
+        }
+        // Otherwise row by row of each channel, in the order the output is laid out: position
+        // by position (a cache line per value) took the unpooled op at 64 -> 64 32x32 N=64
+        // 19.8 ms against 14.5 (Zen 4, 2 threads; the pooled op's 4x smaller output: the same).
+        for (int64_t r = 0; r < nb * rb; ++r)  // the group's tile rows
+          for (int64_t i = 0; i < side; ++i) {
+            const float* row = out.data() + (r * tiles_w * outputs + i * side) * co_p + co0;
+            target_.store_row(n0 + r / rb, (ty0 + r % rb) * side + i, co0, count,
+                              [&](int64_t x) { return row + (x / side * outputs + x % side) * co_p; });
+          }
         continue;
       }
       // A non-finite value somewhere in these tiles: the implicit GEMM, whose direct sums
