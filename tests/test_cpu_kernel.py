@@ -414,20 +414,27 @@ WINOGRAD_4X4_SHAPES = [
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-def test_wide_layer_algorithms_match_stock(algorithm, shape, dtype, layout, level):
+@pytest.mark.parametrize("pool", [True, False], ids=["pooled", "unpooled"])
+def test_wide_layer_algorithms_match_stock(algorithm, shape, dtype, layout, pool, level):
+    # Unpooled (conv3x3_relu2d): the same windows cover the conv output, odd last rows and
+    # columns included.
     from checks import assert_matches_reference, make_inputs
 
     import simplecnn_kernels as sk
 
     x, w, b = make_inputs(*shape, dtype=dtype, layout=layout)
     assert _algorithm(x, w) == algorithm
-    assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"), x, w, b)
+    op = sk.conv3x3_relu_maxpool2d if pool else sk.conv3x3_relu2d
+    assert_matches_reference(op(x, w, b, backend="cpu"), x, w, b, pool=pool)
 
 
 @all_levels
 @pytest.mark.parametrize("special", [float("nan"), float("inf"), -float("inf")], ids=str)
 @pytest.mark.parametrize(("algorithm", "n"), [("winograd_2x2", 3), ("winograd_4x4", 4)])
-def test_winograd_tiles_with_nan_or_inf_fall_back_to_direct_sums(special, algorithm, n, level):
+@pytest.mark.parametrize("pool", [True, False], ids=["pooled", "unpooled"])
+def test_winograd_tiles_with_nan_or_inf_fall_back_to_direct_sums(
+    special, algorithm, n, pool, level
+):
     # inf - inf inside the transforms would give NaN where the stock sum gives +-inf; those
     # windows are recomputed with direct sums, so the result equals stock everywhere.
     from checks import assert_matches_reference, make_inputs
@@ -437,8 +444,9 @@ def test_winograd_tiles_with_nan_or_inf_fall_back_to_direct_sums(special, algori
     x, w, b = make_inputs(n, 32, 32, 16, 16)
     x.view(-1)[torch.randperm(x.numel())[:5]] = special
     assert _algorithm(x, w) == algorithm
-    out = sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu")
-    assert_matches_reference(out, x, w, b)
+    op = sk.conv3x3_relu_maxpool2d if pool else sk.conv3x3_relu2d
+    out = op(x, w, b, backend="cpu")
+    assert_matches_reference(out, x, w, b, pool=pool)
     assert not torch.isfinite(out).all()
 
 

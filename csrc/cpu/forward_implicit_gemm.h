@@ -79,8 +79,10 @@ void FusedForward<scalar_t, acc_t>::implicit_gemm_rows(const float* staged, int6
                                                        int64_t rows, int64_t b0, int64_t b1,
                                                        float* partial) {
   const float* weights = gemm_weights();
-  float out[4 * kGemmCoBlock];  // pooled: the first kGemmCoBlock
-  for (int64_t b = b0; b < b1; ++b)
+  // The last call's values: pooled, one window's (stored at once); unpooled, every window's,
+  // [window][position][channel], stored row by row of each channel once the block is done.
+  std::vector<float> out(pool_ ? kGemmCoBlock : rows * Wo_ * 4 * kGemmCoBlock);
+  for (int64_t b = b0; b < b1; ++b) {
     for (int64_t c0 = 0; c0 < C_in_; c0 += kGemmCiBlock) {
       const int64_t cib = std::min(kGemmCiBlock, C_in_ - c0);
       for (int64_t t = 0; t < rows * Wo_; ++t) {
@@ -91,23 +93,35 @@ void FusedForward<scalar_t, acc_t>::implicit_gemm_rows(const float* staged, int6
                                   cib,
                                   weights + (b * C_in_ + c0) * 9 * kGemmCoBlock,
                                   gemm_bias_.data() + b * kGemmCoBlock,
-                                  out,
+                                  out.data() + (pool_ ? 0 : t * 4 * kGemmCoBlock),
                                   partial + t * 4 * kGemmCoBlock,
                                   c0 == 0,
                                   c0 + cib == C_in_,
                                   pool_};
         kernels_.window_gemm(args);
-        if (!args.last) continue;
-        const int64_t co0 = b * kGemmCoBlock, count = std::min<int64_t>(kGemmCoBlock, C_out_ - co0);
-        if (pool_) {
-          target_.store(n, py0 + py, px, co0, count, out);
-        } else {  // the window's conv values in max-pool order: (0, 0), (0, 1), (1, 0), (1, 1)
-          for (int p = 0; p < 4; ++p)
-            target_.store(n, 2 * (py0 + py) + p / 2, 2 * px + p % 2, co0, count,
-                          out + p * kGemmCoBlock);
-        }
+        if (pool_ && args.last)
+          target_.store(n, py0 + py, px, b * kGemmCoBlock,
+                        std::min<int64_t>(kGemmCoBlock, C_out_ - b * kGemmCoBlock), out.data());
       }
     }
+    if (pool_) continue;
+    const int64_t co0 = b * kGemmCoBlock, count = std::min<int64_t>(kGemmCoBlock, C_out_ - co0);
+    if (target_.sC == 1) {  // channels_last: each position's channels are contiguous
+      for (int64_t t = 0; t < rows * Wo_; ++t)
+        for (int p = 0; p < 4; ++p)  // the window's positions in max-pool order
+          target_.store(n, 2 * (py0 + t / Wo_) + p / 2, 2 * (t % Wo_) + p % 2, co0, count,
+                        out.data() + (t * 4 + p) * kGemmCoBlock);
+      continue;
+    }
+    // Conv row y of the block: window row y / 2, position (y % 2, x % 2) of window x / 2; as
+    // the Winograd path, channel by channel along the rows (the output's order in NCHW).
+    for (int64_t y = 0; y < 2 * rows; ++y) {
+      const float* row = out.data() + (y / 2 * Wo_ * 4 + y % 2 * 2) * kGemmCoBlock;
+      target_.store_row(n, 2 * py0 + y, co0, count, [&](int64_t x) {
+        return row + (x / 2 * 4 + x % 2) * kGemmCoBlock;
+      });
+    }
+  }
 }
 
 template <typename scalar_t, typename acc_t>
