@@ -375,6 +375,32 @@ def _forward_unpooled_fake(
 _FUSED_BACKWARD_MAX_CHANNELS = 16
 
 
+def _grad_mask(ctx, bias) -> list[bool]:
+    """Which of the input, weight and bias gradients the backward must compute."""
+    return [
+        ctx.needs_input_grad[0],
+        ctx.needs_input_grad[1],
+        bias is not None and ctx.needs_input_grad[2],
+    ]
+
+
+def _conv_backward(grad_conv: Tensor, input: Tensor, weight: Tensor, bias, mask):
+    """The library's conv backward (oneDNN, cuDNN) from the gradient of the conv output, 4-D."""
+    return torch.ops.aten.convolution_backward(
+        grad_conv,
+        input,
+        weight,
+        None if bias is None else [bias.shape[0]],
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        False,
+        [0, 0],
+        1,
+        mask,
+    )
+
+
 def _setup_context(ctx, inputs, keyword_only_inputs, output) -> None:
     input, weight, bias = inputs
     ctx.save_for_backward(input, weight, bias)
@@ -383,11 +409,7 @@ def _setup_context(ctx, inputs, keyword_only_inputs, output) -> None:
 
 def _backward(ctx, grad_output: Tensor):
     input, weight, bias = ctx.saved_tensors
-    mask = [
-        ctx.needs_input_grad[0],
-        ctx.needs_input_grad[1],
-        bias is not None and ctx.needs_input_grad[2],
-    ]
+    mask = _grad_mask(ctx, bias)
     unbatched = input.dim() == 3
     if unbatched:
         input, grad_output = input.unsqueeze(0), grad_output.unsqueeze(0)
@@ -407,19 +429,7 @@ def _backward(ctx, grad_output: Tensor):
             grad_conv = _conv_grad_reference(grad_output, input, weight, bias)
         else:
             grad_conv = torch.ops.simplecnn._conv_grad(grad_output, input, weight, bias)
-        grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad_conv,
-            input,
-            weight,
-            None if bias is None else [bias.shape[0]],
-            [1, 1],
-            [1, 1],
-            [1, 1],
-            False,
-            [0, 0],
-            1,
-            mask,
-        )
+        grad_input, grad_weight, grad_bias = _conv_backward(grad_conv, input, weight, bias, mask)
     if unbatched and grad_input is not None:
         grad_input = grad_input.squeeze(0)
     return grad_input, grad_weight, grad_bias
@@ -437,27 +447,12 @@ def _setup_context_unpooled(ctx, inputs, keyword_only_inputs, output) -> None:
 
 def _backward_unpooled(ctx, grad_output: Tensor):
     input, weight, bias, output = ctx.saved_tensors
-    mask = [
-        ctx.needs_input_grad[0],
-        ctx.needs_input_grad[1],
-        bias is not None and ctx.needs_input_grad[2],
-    ]
     grad_conv = torch.ops.aten.threshold_backward(grad_output, output, 0)
     unbatched = input.dim() == 3
     if unbatched:
         input, grad_conv = input.unsqueeze(0), grad_conv.unsqueeze(0)
-    grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-        grad_conv,
-        input,
-        weight,
-        None if bias is None else [bias.shape[0]],
-        [1, 1],
-        [1, 1],
-        [1, 1],
-        False,
-        [0, 0],
-        1,
-        mask,
+    grad_input, grad_weight, grad_bias = _conv_backward(
+        grad_conv, input, weight, bias, _grad_mask(ctx, bias)
     )
     if unbatched and grad_input is not None:
         grad_input = grad_input.squeeze(0)
