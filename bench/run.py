@@ -1,4 +1,5 @@
-"""The benchmark (`make bench`): the fused op and FusedSimpleCNN against the stock path.
+"""The benchmark (`make bench`): the fused ops, FusedSimpleCNN and fuse()d models (CifarVGG,
+torchvision's VGG-11 and VGG-16-BN) against the stock path.
 
 For every device here (the CPU; a CUDA GPU when present) and every fused backend that runs on
 it, it checks the fused result against a float64 stock result, then times it side by side with
@@ -39,12 +40,33 @@ from measure import (
 import simplecnn_kernels as sk
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LAYERS = {  # case name: (C_in, C_out, H, W)
-    "3-18": (3, 18, 32, 32),  # the SimpleCNN layer
-    "64-64": (64, 64, 32, 32),  # wide channels
-    "128-128": (128, 128, 16, 16),  # wider, on a smaller image (as deeper in a network)
+LAYERS = {  # case name: (C_in, C_out, H, W, pooled: conv3x3_relu_maxpool2d or conv3x3_relu2d)
+    "3-18": (3, 18, 32, 32, True),  # the SimpleCNN layer
+    "64-64": (64, 64, 32, 32, True),  # wide channels
+    "128-128": (128, 128, 16, 16, True),  # wider, on a smaller image (as deeper in a network)
+    "relu-64-64": (64, 64, 32, 32, False),  # no pool: conv3x3_relu2d
+    "relu-256-256": (256, 256, 14, 14, False),  # VGG-16's conv4/conv5 layers at 224 / 2
 }
-MODELS = {"model": sk.SimpleCNN, "vgg": sk.CifarVGG}  # case name: model class
+
+
+def _torchvision(name):
+    """A torchvision model with random weights (nothing downloaded), eval mode."""
+
+    def build(device=None, dtype=None):
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None).to(device=device, dtype=dtype)
+
+    return build
+
+
+# case name: (model class or builder, input side)
+MODELS = {
+    "model": (sk.SimpleCNN, 32),
+    "vgg": (sk.CifarVGG, 32),
+    "vgg11": (_torchvision("vgg11"), 224),
+    "vgg16_bn": (_torchvision("vgg16_bn"), 224),
+}
 CASES = [*LAYERS, *MODELS]
 DEFAULT_BATCHES = {
     "cpu": {
@@ -53,6 +75,10 @@ DEFAULT_BATCHES = {
         "128-128": [1, 64],
         "model": [1, 16, 64, 256, 1024],
         "vgg": [1, 16, 64],
+        "relu-64-64": [1, 64],
+        "relu-256-256": [1, 8],
+        "vgg11": [1, 8],
+        "vgg16_bn": [1, 8],
     },
     "cuda": {
         "3-18": [1, 256, 4096, 16384],
@@ -60,16 +86,29 @@ DEFAULT_BATCHES = {
         "128-128": [64, 1024],
         "model": [256, 4096],
         "vgg": [64, 1024],
+        "relu-64-64": [64, 1024],
+        "relu-256-256": [8, 256],
+        "vgg11": [8, 64],
+        "vgg16_bn": [8, 64],
     },
 }
 DEFAULT_COMPILE_MODE = {"cpu": "default", "cuda": "max-autotune"}
-MODEL_NAMES = {"model": "SimpleCNN model", "vgg": "CifarVGG model (fuse)"}
+MODEL_NAMES = {
+    "model": "SimpleCNN model",
+    "vgg": "CifarVGG model (fuse)",
+    "vgg11": "torchvision vgg11 224x224 (fuse)",
+    "vgg16_bn": "torchvision vgg16_bn 224x224 (fuse)",
+}
 # Where the CPU kernels can run at AVX-512, the AVX2 level is timed too (provider "fused@avx2").
 AVX2_TOO = {"avx512", "avx2"} <= set(sk.cpu_capabilities())
 
 
 def stock(x, w, b):
     return F.max_pool2d(F.relu(F.conv2d(x, w, b, stride=1, padding=1)), 2, 2)
+
+
+def stock_unpooled(x, w, b):
+    return F.relu(F.conv2d(x, w, b, stride=1, padding=1))
 
 
 def fused_backends(device: str, dtype: torch.dtype = torch.float32) -> list[str]:
@@ -95,7 +134,9 @@ def compiled(fn, mode: str):
 
 
 def layer_case(device, dtype, case, batch, compile_mode):
-    c_in, c_out, h, w_ = LAYERS[case]
+    c_in, c_out, h, w_, pooled = LAYERS[case]
+    stock = globals()["stock"] if pooled else stock_unpooled
+    op = sk.conv3x3_relu_maxpool2d if pooled else sk.conv3x3_relu2d
     x = torch.randn(batch, c_in, h, w_, device=device, dtype=dtype)
     w = torch.randn(c_out, c_in, 3, 3, device=device, dtype=dtype) / (3 * c_in**0.5)
     b = torch.randn(c_out, device=device, dtype=dtype)
@@ -113,32 +154,31 @@ def layer_case(device, dtype, case, batch, compile_mode):
             cl_name = f"stock compiled channels_last ({compile_mode})"
             providers[cl_name] = lambda: stock_compiled(x_cl, w_cl, b)
     fused = {
-        f"fused {backend}": lambda backend=backend: sk.conv3x3_relu_maxpool2d(
-            x, w, b, backend=backend
-        )
+        f"fused {backend}": lambda backend=backend: op(x, w, b, backend=backend)
         for backend in fused_backends(device, dtype)
     }
     if device == "cpu" and AVX2_TOO:
-        fused["fused@avx2"] = at_avx2(lambda: sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"))
+        fused["fused@avx2"] = at_avx2(lambda: op(x, w, b, backend="cpu"))
     if device == "cuda" and "triton" in fused_backends(device, dtype):
         from simplecnn_kernels import triton_conv3x3_relu_maxpool2d as tk
 
         # The multiply-add kernel too, to check the choice of the tensor-core one.
-        fused["fused triton (fma kernel)"] = lambda: tk.forward(x, w, b, kernel="fma")
+        fused["fused triton (fma kernel)"] = lambda: tk.forward(x, w, b, kernel="fma", pool=pooled)
     ref = stock(x.double(), w.double(), b.double())
     errors = {name: rel_err(fn(), ref) for name, fn in fused.items()}
     providers.update(fused)
     flops = 2 * batch * c_out * h * w_ * c_in * 9
     itemsize = x.element_size()
-    moved = batch * (c_in * h * w_ + c_out * (h // 2) * (w_ // 2)) * itemsize
+    out_pixels = (h // 2) * (w_ // 2) if pooled else h * w_
+    moved = batch * (c_in * h * w_ + c_out * out_pixels) * itemsize
     return providers, errors, flops, moved
 
 
 def model_case(device, dtype, case, batch, compile_mode):
     """A whole model, stock against fused: FusedSimpleCNN for SimpleCNN, fuse() for others."""
-    cls = MODELS[case]
+    cls, side = MODELS[case]
     stock_model = cls(device=device, dtype=dtype).eval()
-    x = torch.randn(batch, 3, 32, 32, device=device, dtype=dtype)
+    x = torch.randn(batch, 3, side, side, device=device, dtype=dtype)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     stock_cl = cls(device=device, dtype=dtype).eval().to(memory_format=torch.channels_last)
     stock_cl.load_state_dict(stock_model.state_dict())
@@ -286,8 +326,8 @@ def rows_for(info, case, dtype, batch, modes, errors, flops, moved) -> list[dict
 def case_label(case: str) -> str:
     if case in MODELS:
         return MODEL_NAMES[case]
-    c_in, c_out, h, w = LAYERS[case]
-    return f"layer {c_in}->{c_out} {h}x{w}"
+    c_in, c_out, h, w, pooled = LAYERS[case]
+    return f"layer {c_in}->{c_out} {h}x{w}" + ("" if pooled else " conv3x3_relu2d (no pool)")
 
 
 def print_table(result: dict) -> None:

@@ -191,6 +191,7 @@ def test_export_round_trip_of_a_fused_model():
     ep = torch.export.export(fused, (x,))
     ops = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
     assert ops.count("simplecnn.conv3x3_relu_maxpool2d.default") == 4, ops
+    assert ops.count("simplecnn.conv3x3_relu2d.default") == 1, ops
     buffer = io.BytesIO()
     torch.export.save(ep, buffer)
     buffer.seek(0)
