@@ -5,9 +5,10 @@ without it.
 The chains are found with torch.fx symbolic tracing, which sees modules and functional calls
 alike (nn.ReLU, F.relu, torch.relu, x.relu(), inplace or not; nn.MaxPool2d, F.max_pool2d,
 torch.max_pool2d), in either order of ReLU and pool (they commute); a ReLU not followed by a
-fusable pool makes an unpooled chain. A model that does not trace
-is searched for chains inside its nn.Sequential containers instead. The fused layer takes the
-conv's place and name, so state_dict keys stay those of the original model.
+fusable pool makes an unpooled chain. A model that does not trace is searched for chains inside
+its nn.Sequential containers instead. The fused layer takes the conv's place and name, so
+state_dict keys stay those of the original model (but for folded BatchNorms', whose entries go
+into the layer's weight and bias).
 
 A BatchNorm2d right after the conv is folded into the fused layer's weight and bias when it
 normalises with running statistics (eval mode). The folded values are computed at fuse time;
@@ -15,12 +16,12 @@ loading a state_dict of the original model into the fused one folds its BatchNor
 (_FoldOnLoad). In training mode BatchNorm normalises with batch statistics, which no fixed
 weight expresses: such chains stay stock.
 
-A chain is also left alone when an intermediate result is used elsewhere, when one of its
-modules is called elsewhere (fusing would change that other call), or when a setting differs:
-kernel other than 3x3, stride, padding other than 1, dilation, groups, padding_mode, or a pool
-other than 2x2 stride 2 without padding, ceil_mode or indices (then conv and ReLU are fused
-without it). The result's ``unfused_layers``
-says, for every Conv2d left, why.
+A chain is also left alone when a result before the ReLU is used elsewhere (a ReLU output used
+several times is fused, unpooled), when one of its modules is called elsewhere (fusing would
+change that other call), or when a setting differs: kernel other than 3x3, stride, padding
+other than 1, dilation, groups, padding_mode, or a pool other than 2x2 stride 2 without
+padding, ceil_mode or indices (after the ReLU, conv and ReLU are fused without it; before the
+ReLU, the chain stays). The result's ``unfused_layers`` says, for every Conv2d left, why.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class _FusedConv3x3(nn.Module):
         backend: str | None = None,
     ) -> None:
         super().__init__()
-        _check_backend_name(backend)
+        _check_backend_name(backend, self._op.__name__)
         self.in_channels, self.out_channels, self.backend = in_channels, out_channels, backend
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3, **factory))
@@ -169,8 +169,9 @@ class FusedSimpleCNN(SimpleCNN):
 
 class CifarVGG(nn.Module):
     """A VGG-style CIFAR-10 classifier for benchmarks and tests of `fuse`: four
-    conv3x3 -> ReLU -> 2x2 max-pool blocks (fusable) and one conv3x3 -> ReLU without a pool
-    (not fusable), 64 to 512 channels, then a linear classifier. Input (N, 3, 32, 32)."""
+    conv3x3 -> ReLU -> 2x2 max-pool blocks (conv3x3_relu_maxpool2d once fused) and one
+    conv3x3 -> ReLU without a pool (conv3x3_relu2d), 64 to 512 channels, then a linear
+    classifier. Input (N, 3, 32, 32)."""
 
     def __init__(self, num_classes: int = 10, device=None, dtype=None) -> None:
         super().__init__()
@@ -182,7 +183,7 @@ class CifarVGG(nn.Module):
         self.features = nn.Sequential(
             conv(3, 64), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),  # 16x16
             conv(64, 128), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),  # 8x8
-            conv(128, 256), nn.ReLU(inplace=True),  # no pool: stays stock
+            conv(128, 256), nn.ReLU(inplace=True),  # no pool
             conv(256, 256), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),  # 4x4
             conv(256, 512), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),  # 2x2
         )  # fmt: skip

@@ -24,8 +24,8 @@ import importlib.util
 import warnings
 
 import torch
-import torch._decomp
 import torch.nn.functional as F
+import torch.onnx
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
@@ -58,6 +58,8 @@ def conv3x3_relu_maxpool2d(
         >>> conv3x3_relu_maxpool2d(x, w, b).shape
         torch.Size([8, 18, 16, 16])
     """
+    if torch.onnx.is_in_onnx_export():  # see "ONNX" below
+        return _STOCK["conv3x3_relu_maxpool2d"](input, weight, bias, backend=backend)
     return torch.ops.simplecnn.conv3x3_relu_maxpool2d(input, weight, bias, backend=backend)
 
 
@@ -77,6 +79,8 @@ def conv3x3_relu2d(
     Returns:
         (N, C_out, H, W) (or without N), in the input's dtype.
     """
+    if torch.onnx.is_in_onnx_export():  # see "ONNX" below
+        return _STOCK["conv3x3_relu2d"](input, weight, bias, backend=backend)
     return torch.ops.simplecnn.conv3x3_relu2d(input, weight, bias, backend=backend)
 
 
@@ -305,8 +309,16 @@ def _forward(
     _check_inputs(input, weight, bias)
     backend = resolve_backend(backend, input.device, input.dtype)
     if input.dim() == 3:  # stock max-pool returns unbatched results contiguous, whatever the conv's
-        return _run_backend(backend, input.unsqueeze(0), weight, bias, True).squeeze(0).contiguous()
+        return _unbatched(
+            _run_backend(backend, input.unsqueeze(0), weight, bias, True).contiguous()
+        )
     return _run_backend(backend, input, weight, bias, True)
+
+
+def _unbatched(out: Tensor) -> Tensor:
+    """`out` without its batch of one, not as a view (autograd would refuse in-place changes
+    of a custom op's view output, which stock allows)."""
+    return out.squeeze(0).detach()
 
 
 @torch.library.register_kernel(_UNPOOLED_OP_NAME, None)
@@ -316,7 +328,7 @@ def _forward_unpooled(
     _check_inputs(input, weight, bias, pool=False)
     backend = resolve_backend(backend, input.device, input.dtype, "conv3x3_relu2d")
     if input.dim() == 3:  # as the stock conv: the batched result's layout, batch squeezed out
-        return _run_backend(backend, input.unsqueeze(0), weight, bias, False).squeeze(0)
+        return _unbatched(_run_backend(backend, input.unsqueeze(0), weight, bias, False))
     return _run_backend(backend, input, weight, bias, False)
 
 
@@ -542,31 +554,36 @@ for _op in ("conv3x3_relu_maxpool2d", "conv3x3_relu2d"):
     _register_autocast(_op, "cuda", "AutocastCUDA")
 
 
-# --- export lowering ---------------------------------------------------------------------------
-# torch.onnx.export(..., dynamo=True) lowers the exported graph with run_decompositions() and a
-# table made of torch.export.default_decompositions() plus torch._decomp's global
-# decomposition_table (torch/onnx/_internal/exporter/_decomp.py,
-# create_onnx_friendly_decomposition_table), so a decomposition registered there turns each op
-# into the stock conv2d/relu/max_pool2d, which the exporter translates to standard ONNX (Conv,
-# Relu, MaxPool). Eager runs the dispatcher's kernels, never this table; torch.compile (Inductor
-# has its own table) and torch.export (run_decompositions() defaults to default_decompositions())
-# keep the ops. FakeTensor runs the decomposition instead of the register_fake kernel when shapes
-# are symbolic: both give the stock ops' sizes and strides, and it runs the same checks.
+# --- ONNX ----------------------------------------------------------------------------------------
+# ONNX has no ops of ours. While torch.onnx.export traces a model (torch.onnx.is_in_onnx_export(),
+# both exporters), the public functions run the stock composition, which it translates to Conv,
+# Relu and MaxPool; eager, torch.compile and torch.export keep the ops. Not a decomposition in
+# torch._decomp's global table, which the ONNX exporter would also read: Inductor refuses to
+# compile an op that has one when the environment sets CI (torch/_inductor/lowering.py,
+# make_fallback). A program exported beforehand lowers with run_decompositions(decompositions()).
 
 
-def _register_export_decomposition(op_name: str, pool: bool) -> None:
-    def decomposition(
+def _stock_under_onnx_export(op_name: str, pool: bool):
+    def stock(
         input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
     ) -> Tensor:
         _check_inputs(input, weight, bias, pool)
         _check_backend_name(backend, op_name)
         return _reference(input, weight, bias, pool)
 
-    decomposition.__name__ = decomposition.__qualname__ = f"_{op_name}_decomposition"
-    torch._decomp.register_decomposition(getattr(torch.ops.simplecnn, op_name).default)(
-        decomposition
-    )
+    stock.__name__ = stock.__qualname__ = f"{op_name}_stock"
+    return stock
 
 
-for _op, _pool in (("conv3x3_relu_maxpool2d", True), ("conv3x3_relu2d", False)):
-    _register_export_decomposition(_op, _pool)
+_STOCK = {
+    "conv3x3_relu_maxpool2d": _stock_under_onnx_export("conv3x3_relu_maxpool2d", True),
+    "conv3x3_relu2d": _stock_under_onnx_export("conv3x3_relu2d", False),
+}
+
+
+def decompositions() -> dict:
+    """{op overload: its stock composition} for both ops, for
+    ``ExportedProgram.run_decompositions``: ``torch.onnx.export(ep.run_decompositions(
+    sk.decompositions()), dynamo=True)`` turns a program exported beforehand into standard ONNX
+    (Conv, Relu, MaxPool)."""
+    return {getattr(torch.ops.simplecnn, name).default: fn for name, fn in _STOCK.items()}

@@ -335,13 +335,10 @@ def _fma_configs(shapes):
     ]
 
 
-# What a launch stores: the pooled output, the conv gradient (CONV_GRAD), or the unpooled
-# output (POOL False).
-EPILOGUES = ("pooled", "conv_grad", "unpooled")
-
-# Autotune configs per (kernel, epilogue): only ones that compile for sm_90 without spilling
-# (tests/triton_sm90.py); the conv_grad and unpooled epilogues (stores at four positions) spill
-# at 64 output channels per program.
+# Autotune configs per (kernel, epilogue), the epilogue being what a launch stores: the pooled
+# output, the conv gradient (CONV_GRAD) or the unpooled output (POOL False). Only ones that
+# compile for sm_90 without spilling (tests/triton_sm90.py); the conv_grad and unpooled
+# epilogues (stores at four positions) spill at 64 output channels per program.
 _FMA_CONFIGS = _fma_configs([(128, 16, 4), (256, 16, 8), (128, 8, 4)])
 CONFIGS = {
     ("dot", "pooled"): _dot_configs([(64, 32, 4), (128, 32, 8), (64, 64, 4), (128, 64, 8)]),

@@ -365,3 +365,13 @@ def test_offsets_beyond_2_31_elements():
         # The crop's first and last rows lack their outer neighbour: compare the inside.
         got = out[:, :, start // 2 + 1 : start // 2 + 31].float()
         torch.testing.assert_close(got, expected[:, :, 1:31], atol=2e-3, rtol=2e-3)
+
+
+def test_unbatched_output_can_be_changed_in_place(op):
+    # As the stock output can: not a view of the op's batched result (autograd refuses in-place
+    # changes of a custom op's view outputs).
+    x, w, b = make_inputs(None, 3, 4, 6, 6)
+    out = FUSED[op](x, w.requires_grad_(), b)
+    expected = stock(x, w, b, op == "pooled").detach() * 2
+    out.mul_(2)
+    torch.testing.assert_close(out.detach(), expected)

@@ -28,7 +28,8 @@ _TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 def compile_config(
     kernel: str, config: triton.Config, dtype: str = "float32", epilogue: str = "pooled"
 ) -> dict:
-    """Compiles `kernel` ("fma" or "dot") with `config` and `epilogue` (tk.EPILOGUES) for sm_90;
+    """Compiles `kernel` ("fma" or "dot") with `config` and `epilogue` ("pooled", "conv_grad" or
+    "unpooled": the keys of tk.CONFIGS) for sm_90;
     returns registers, stack (spill) and local bytes per thread, and shared memory per program."""
     fn = tk._fma_kernel if kernel == "fma" else tk._dot_kernel
     conv_grad = epilogue == "conv_grad"

@@ -73,10 +73,12 @@ class FusedForward {
     // Per thread: the image and pooled row being written (unpooled: its first conv row and how
     // many of the two are inside the output), the conversion tile.
     struct Row {
+      Row(const OutputTarget& out, scalar_t* row, int rows) : out(out), row(row), rows(rows) {}
       const OutputTarget& out;
       scalar_t* row;
       int rows;
-      // [channel][row][column]; pooled, [channel][column]
+      // [channel][row][column]; pooled, [channel][column]. Not initialised: every value read
+      // was written by the kernel first.
       acc_t tile[kMaxCoBlock * 2 * kMaxChunkCols];
       static constexpr int64_t kTileRow = kMaxChunkCols, kTileChannel = 2 * kMaxChunkCols;
       // The output's column of the chunk at conv column x.
@@ -106,9 +108,9 @@ class FusedForward {
     };
     // Pooled row py (unpooled: conv rows 2 py and 2 py + 1) of image n.
     Row row(int64_t n, int64_t py) const {
-      if (pool) return Row{*this, ptr + n * sN + py * sH, 1, {}};
-      return Row{*this, ptr + n * sN + 2 * py * sH,
-                 static_cast<int>(std::min<int64_t>(2, H - 2 * py)), {}};
+      if (pool) return Row(*this, ptr + n * sN + py * sH, 1);
+      return Row(*this, ptr + n * sN + 2 * py * sH,
+                 static_cast<int>(std::min<int64_t>(2, H - 2 * py)));
     }
     // Channels [co0, co0 + count) of output (n, y, x) (pooled or conv), from the float
     // kernels; nothing outside the output (windows and tiles reach past odd sizes).
@@ -142,8 +144,9 @@ class FusedForward {
     std::vector<acc_t> partial;  // partial sums across input-channel blocks
   };
 
-  // Pooled row py of image n with the direct kernel; `rows` is the scratch at its top halo row.
-  void direct_pooled_row(int64_t n, int64_t py, const acc_t* rows, Workspace& ws);
+  // Pooled row py of image n (unpooled: conv rows 2 py and 2 py + 1) with the direct kernel;
+  // `rows` is the scratch at its top halo row.
+  void direct_window_row(int64_t n, int64_t py, const acc_t* rows, Workspace& ws);
 
   // Work items are (image, block of pooled rows). Whole images while there are enough of them
   // to keep every thread busy; smaller blocks for small batches, and for wide inputs so the

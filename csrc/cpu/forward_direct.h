@@ -14,7 +14,7 @@
 namespace simplecnn::cpu {
 
 template <typename scalar_t, typename acc_t>
-void FusedForward<scalar_t, acc_t>::direct_pooled_row(int64_t n, int64_t py, const acc_t* rows,
+void FusedForward<scalar_t, acc_t>::direct_window_row(int64_t n, int64_t py, const acc_t* rows,
                                                       Workspace& ws) {
   auto row = target_.row(n, py);
   direct_row(geometry_, direct_, rows, packed_.data(), bias_.data(), ws.partial.data(), row);
@@ -42,7 +42,7 @@ void FusedForward<scalar_t, acc_t>::run_direct() {
       stage_rows<scalar_t, acc_t>(input_, n, 2 * py0 - 1, 2 * (py1 - py0) + 2,
                                   geometry_.padded_w, ws.scratch.data());
       for (int64_t py = py0; py < py1; ++py)
-        direct_pooled_row(n, py, ws.scratch.data() + 2 * (py - py0) * row_stride, ws);
+        direct_window_row(n, py, ws.scratch.data() + 2 * (py - py0) * row_stride, ws);
     }
     // Streamed stores are weakly ordered: visible before anyone reads the output.
     if (target_.stream) std::atomic_thread_fence(std::memory_order_seq_cst);

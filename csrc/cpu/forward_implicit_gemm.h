@@ -81,7 +81,9 @@ void FusedForward<scalar_t, acc_t>::implicit_gemm_rows(const float* staged, int6
   const float* weights = gemm_weights();
   // The last call's values: pooled, one window's (stored at once); unpooled, every window's,
   // [window][position][channel], stored row by row of each channel once the block is done.
-  std::vector<float> out(pool_ ? kGemmCoBlock : rows * Wo_ * 4 * kGemmCoBlock);
+  float window[kGemmCoBlock];
+  std::vector<float> windows(pool_ ? 0 : rows * Wo_ * 4 * kGemmCoBlock);
+  float* out = pool_ ? window : windows.data();
   for (int64_t b = b0; b < b1; ++b) {
     for (int64_t c0 = 0; c0 < C_in_; c0 += kGemmCiBlock) {
       const int64_t cib = std::min(kGemmCiBlock, C_in_ - c0);
@@ -93,7 +95,7 @@ void FusedForward<scalar_t, acc_t>::implicit_gemm_rows(const float* staged, int6
                                   cib,
                                   weights + (b * C_in_ + c0) * 9 * kGemmCoBlock,
                                   gemm_bias_.data() + b * kGemmCoBlock,
-                                  out.data() + (pool_ ? 0 : t * 4 * kGemmCoBlock),
+                                  out + (pool_ ? 0 : t * 4 * kGemmCoBlock),
                                   partial + t * 4 * kGemmCoBlock,
                                   c0 == 0,
                                   c0 + cib == C_in_,
@@ -101,7 +103,7 @@ void FusedForward<scalar_t, acc_t>::implicit_gemm_rows(const float* staged, int6
         kernels_.window_gemm(args);
         if (pool_ && args.last)
           target_.store(n, py0 + py, px, b * kGemmCoBlock,
-                        std::min<int64_t>(kGemmCoBlock, C_out_ - b * kGemmCoBlock), out.data());
+                        std::min<int64_t>(kGemmCoBlock, C_out_ - b * kGemmCoBlock), out);
       }
     }
     if (pool_) continue;
@@ -110,13 +112,13 @@ void FusedForward<scalar_t, acc_t>::implicit_gemm_rows(const float* staged, int6
       for (int64_t t = 0; t < rows * Wo_; ++t)
         for (int p = 0; p < 4; ++p)  // the window's positions in max-pool order
           target_.store(n, 2 * (py0 + t / Wo_) + p / 2, 2 * (t % Wo_) + p % 2, co0, count,
-                        out.data() + (t * 4 + p) * kGemmCoBlock);
+                        out + (t * 4 + p) * kGemmCoBlock);
       continue;
     }
     // Conv row y of the block: window row y / 2, position (y % 2, x % 2) of window x / 2; as
     // the Winograd path, channel by channel along the rows (the output's order in NCHW).
     for (int64_t y = 0; y < 2 * rows; ++y) {
-      const float* row = out.data() + (y / 2 * Wo_ * 4 + y % 2 * 2) * kGemmCoBlock;
+      const float* row = out + (y / 2 * Wo_ * 4 + y % 2 * 2) * kGemmCoBlock;
       target_.store_row(n, 2 * py0 + y, co0, count, [&](int64_t x) {
         return row + (x / 2 * 4 + x % 2) * kGemmCoBlock;
       });

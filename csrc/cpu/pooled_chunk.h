@@ -22,7 +22,6 @@ enum class StorageType : int8_t { kFloat, kHalf, kBFloat16 };
 
 // Bounds over every level's blocking (kernel_table.h: DirectKernels).
 constexpr int kMaxChunkCols = 32;  // conv columns per call: AVX-512, two zmm vectors of 16
-constexpr int kMaxChunkPooled = kMaxChunkCols / 2;
 constexpr int kMaxCoBlock = 6;     // output channels per call (AVX-512)
 
 template <typename acc_t>
