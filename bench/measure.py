@@ -38,7 +38,7 @@ def machine(device: str) -> dict:
             gpu=props.name,
             gpu_memory_gb=round(props.total_memory / 2**30, 1),
             cuda=torch.version.cuda,
-            cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+            cudnn_allow_tf32=_conv_allows_tf32(),  # what the fused Triton kernel follows too
             matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
         )
         try:
@@ -54,6 +54,14 @@ def machine_label(info: dict) -> str:
     if info["device"] == "cuda":
         return f"{info['gpu']} (torch {info['torch']})"
     return f"{info['cpu']}, {info['threads']} threads (torch {info['torch']})"
+
+
+def _conv_allows_tf32() -> bool:
+    try:
+        from simplecnn_kernels.triton_conv3x3_relu_maxpool2d import conv_allows_tf32
+    except ImportError:  # no triton: the legacy flag (fine unless the precision API was used)
+        return torch.backends.cudnn.allow_tf32
+    return conv_allows_tf32()
 
 
 def _cpu_model() -> str:

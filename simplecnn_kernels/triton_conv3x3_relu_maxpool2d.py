@@ -19,7 +19,7 @@ Two kernels:
   3->18 an FP32 multiply-add kernel needs more time for its FLOPs than the op's memory traffic
   takes on an H100, the tensor cores do not. The window's four positions run one after another
   into one accumulator and a running max (four live accumulators spilled registers). float32
-  uses TF32, as the stock conv does by default (``torch.backends.cudnn.allow_tf32``).
+  uses TF32 where torch lets the stock conv use it (``conv_allows_tf32``: the default).
 - ``_fma_kernel``: plain float32 multiply-adds on [BLOCK_CO, BLOCK_P] tiles, for float32 when
   the caller disabled TF32 for convolutions, so results keep full float32 precision.
 
@@ -380,11 +380,32 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     return f"it runs on CUDA tensors, not {device.type}"
 
 
+def conv_allows_tf32() -> bool:
+    """Whether torch's settings let the stock CUDA conv compute float32 in TF32: cuDNN enabled
+    (without it the conv runs on plain float32 GEMMs) and its conv precision "tf32", where
+    "none" defers to cuDNN's, then to the global one (torch.backends.cudnn.conv.fp32_precision,
+    torch.backends.cudnn.fp32_precision, torch.backends.fp32_precision). The legacy flag
+    torch.backends.cudnn.allow_tf32 sets the conv precision too ("tf32" or "none"); reading it
+    raises once the two APIs are mixed, so it is read only where the new API is missing."""
+    if not torch.backends.cudnn.enabled:
+        return False
+    cudnn = torch.backends.cudnn
+    if not hasattr(cudnn, "conv"):  # torch without the precision API
+        return bool(cudnn.allow_tf32)
+    for precision in (
+        cudnn.conv.fp32_precision,
+        cudnn.fp32_precision,
+        torch.backends.fp32_precision,
+    ):
+        if precision != "none":
+            return precision == "tf32"
+    return False
+
+
 def choose_kernel(input: torch.Tensor, out: torch.Tensor) -> str:
-    """The tensor-core kernel, unless float32 must keep full precision (TF32 disallowed for
-    convolutions, as torch.backends.cudnn.allow_tf32 = False asks of the stock conv) or an image
-    is too large for its 32-bit offsets."""
-    if input.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
+    """The tensor-core kernel, unless float32 must keep full precision (TF32 not allowed for the
+    stock conv: conv_allows_tf32) or an image is too large for its 32-bit offsets."""
+    if input.dtype == torch.float32 and not conv_allows_tf32():
         return "fma"
     if max(_image_extent(input), _image_extent(out)) >= 2**31:
         return "fma"

@@ -69,11 +69,20 @@ def _seed(request):
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
+# The precision settings the stock conv follows on CUDA, most specific first (torch's
+# fp32_precision API; torch.backends.cudnn.allow_tf32 sets the first).
+_PRECISIONS = (torch.backends.cudnn.conv, torch.backends.cudnn, torch.backends)
+
+
 @pytest.fixture(autouse=True)
 def _full_precision_float32():
     # The stock conv and the Triton kernel use TF32 for float32 on GPUs by default; the tests
-    # compare float32 at float32 precision, and test the TF32 path on its own.
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
+    # compare float32 at float32 precision, and test the TF32 path on its own. Saved and
+    # restored through the precision API: reading the legacy flag raises once a test has mixed
+    # the two.
+    saved = [p.fp32_precision for p in _PRECISIONS], torch.backends.cudnn.enabled
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
     yield
-    torch.backends.cudnn.allow_tf32 = saved
+    for p, precision in zip(_PRECISIONS, saved[0], strict=True):
+        p.fp32_precision = precision
+    torch.backends.cudnn.enabled = saved[1]

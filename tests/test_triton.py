@@ -160,21 +160,44 @@ def test_triton_rejects_float64():
 
 
 def test_kernel_choice_follows_the_tf32_setting():
+    # Settings are restored by conftest's fixture.
     x, w, b = make_inputs(1, 3, 4, 4, 4, device=DEVICE)
     out = torch.empty(1, 4, 2, 2, device=DEVICE)
-    torch.backends.cudnn.allow_tf32 = True  # restored by conftest's fixture
+    cudnn = torch.backends.cudnn
+    cudnn.allow_tf32 = True  # the legacy flag
     assert tk.choose_kernel(x, out) == "dot"
     assert tk.choose_kernel(x.half(), out.half()) == "dot"
-    torch.backends.cudnn.allow_tf32 = False
+    cudnn.allow_tf32 = False
     assert tk.choose_kernel(x, out) == "fma"
     assert tk.choose_kernel(x.bfloat16(), out.bfloat16()) == "dot"
+    # The precision API, "none" deferring to the next level up.
+    for conv, all_cudnn, generic, expected in [
+        ("ieee", "tf32", "tf32", "fma"),
+        ("tf32", "ieee", "ieee", "dot"),
+        ("none", "tf32", "ieee", "dot"),
+        ("none", "none", "tf32", "dot"),
+        ("none", "none", "none", "fma"),
+        ("none", "ieee", "tf32", "fma"),
+    ]:
+        torch.backends.fp32_precision, cudnn.fp32_precision = generic, all_cudnn
+        cudnn.conv.fp32_precision = conv
+        assert tk.choose_kernel(x, out) == expected, (conv, all_cudnn, generic)
+    cudnn.conv.fp32_precision, cudnn.enabled = "tf32", False  # no cuDNN: plain float32 GEMMs
+    assert tk.choose_kernel(x, out) == "fma"
+
+
+def test_precision_api_ieee_runs_full_float32():
+    # Reading the legacy flag after the new API raised in every float32 call (issue 13).
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    x, w, b = make_inputs(1, 3, 4, 6, 6, device=DEVICE)
+    assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend="triton"), x, w, b)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="TF32 exists on GPUs only")
 def test_tf32_path_within_tf32_error():
     # float32 through the tensor cores with TF32 inputs (10-bit mantissa), as the stock conv
     # does by default: the error stays within a few TF32 roundings of the float64 result.
-    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
     x, w, b = make_inputs(64, 3, 18, 32, 32, device=DEVICE)
     out = sk.conv3x3_relu_maxpool2d(x, w, b, backend="triton").double()
     ref, scale = reference(x, w, b)
