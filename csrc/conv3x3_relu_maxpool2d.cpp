@@ -1,6 +1,7 @@
 // Schema registration and the argument checks shared by the CPU and CUDA kernels.
 #include "conv3x3_relu_maxpool2d.h"
 
+#include <ATen/Context.h>
 #include <ATen/ops/empty.h>
 #include <Python.h>
 #include <torch/library.h>
@@ -65,10 +66,14 @@ void check_inputs(const at::Tensor& input, const at::Tensor& weight,
 }
 
 at::Tensor empty_output(const at::Tensor& input, const at::Tensor& weight, bool pool) {
-  // The stock conv returns channels_last when the input or the weight is; ReLU and the pool
-  // keep it. ops.py's output_memory_format makes the same choice for the fake kernel.
-  const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
-                             weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  // The stock conv returns channels_last when the input or the weight is, but on CUDA only
+  // where cuDNN computes it (enabled; it turns NHWC off for float64); ReLU and the pool keep
+  // it. ops.py's output_memory_format makes the same choice for the fake kernels.
+  const bool nhwc_possible = !input.is_cuda() || (at::globalContext().userEnabledCuDNN() &&
+                                                  input.scalar_type() != at::kDouble);
+  const bool channels_last = nhwc_possible &&
+                             (input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
+                              weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast);
   const int64_t H = pool ? input.size(2) / 2 : input.size(2);
   const int64_t W = pool ? input.size(3) / 2 : input.size(3);
   return at::empty({input.size(0), weight.size(0), H, W},

@@ -334,7 +334,11 @@ def _forward_unpooled(
 
 def output_memory_format(input: Tensor, weight: Tensor) -> torch.memory_format:
     """The stock conv's output layout, which ReLU and the pool keep: channels_last when the input
-    or the weight is (the C++ kernels' empty_output makes the same choice)."""
+    or the weight is, but on CUDA only where cuDNN computes the conv (enabled; not for float64,
+    for which it turns NHWC off). The C++ kernels' empty_output makes the same choice."""
+    cudnn_nhwc = torch.backends.cudnn.enabled and input.dtype != torch.float64
+    if input.device.type == "cuda" and not cudnn_nhwc:
+        return torch.contiguous_format
     if input.dim() == 4 and torch.channels_last in (
         suggest_memory_format(input),
         suggest_memory_format(weight),
@@ -492,7 +496,16 @@ def _conv_grad_cuda(grad_output: Tensor, input: Tensor, weight: Tensor, bias) ->
         from . import triton_conv3x3_relu_maxpool2d as triton_kernel
 
         return triton_kernel.conv_grad(grad_output, input, weight, bias)
-    return _conv_grad_reference(grad_output, input, weight, bias)
+    grad = _conv_grad_reference(grad_output, input, weight, bias)
+    return grad.contiguous(memory_format=conv_grad_memory_format(input, weight))
+
+
+def conv_grad_memory_format(input: Tensor, weight: Tensor) -> torch.memory_format:
+    """The layout of _conv_grad's result: on the CPU the C++ kernel's (the input's), on CUDA the
+    stock conv output's, which its reference route gives and the Triton kernel follows."""
+    if input.device.type == "cuda":
+        return output_memory_format(input, weight)
+    return suggest_memory_format(input)
 
 
 @torch.library.register_fake("simplecnn::_conv_grad")
@@ -501,7 +514,7 @@ def _conv_grad_fake(grad_output: Tensor, input: Tensor, weight: Tensor, bias) ->
         (input.shape[0], weight.shape[0], *input.shape[2:]),
         dtype=input.dtype,
         device=input.device,
-        memory_format=suggest_memory_format(input),
+        memory_format=conv_grad_memory_format(input, weight),
     )
 
 

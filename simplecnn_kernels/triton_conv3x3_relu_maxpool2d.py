@@ -37,7 +37,6 @@ import os
 import torch
 import triton
 import triton.language as tl
-from torch._prims_common import suggest_memory_format
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _NAN = tl.constexpr(tl.PropagateNan.ALL)  # jit code may only read constexpr globals
@@ -443,12 +442,14 @@ def conv_grad(
 ) -> torch.Tensor:
     """The gradient of the conv output (before bias and ReLU), full-size, given the pooled
     output's gradient: the forward recomputed, routed as the stock max-pool + ReLU route it."""
+    from .ops import conv_grad_memory_format
+
     n, _, h, w = input.shape
     out = torch.empty(
         (n, weight.shape[0], h, w),
         dtype=input.dtype,
         device=input.device,
-        memory_format=suggest_memory_format(input),  # as the CPU kernel and cuDNN like it
+        memory_format=conv_grad_memory_format(input, weight),
     )
     if h % 2 or w % 2:  # the last row or column gets no gradient; the kernel writes the rest
         out.zero_()

@@ -375,3 +375,25 @@ def test_unbatched_output_can_be_changed_in_place(op):
     expected = stock(x, w, b, op == "pooled").detach() * 2
     out.mul_(2)
     torch.testing.assert_close(out.detach(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
+@pytest.mark.parametrize("cudnn", [True, False], ids=["cudnn", "no-cudnn"])
+def test_cuda_output_layout_is_stocks_with_fake_tensors(op, dtype, cudnn, monkeypatch):
+    # On CUDA cuDNN computes the stock conv in channels_last only for float32/16/bfloat16 and
+    # only when enabled: float64 and the cuDNN-less path (ATen's ConvUtils: THNN uses
+    # channels_last on the CPU only) return contiguous. Fake CUDA tensors need no GPU.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    monkeypatch.setattr(torch.backends.cudnn, "enabled", cudnn)
+    with FakeTensorMode():
+        x = torch.empty(2, 3, 8, 8, device="cuda", dtype=dtype)
+        w = torch.empty(4, 3, 3, 3, device="cuda", dtype=dtype)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        for input, weight in [(x_cl, w), (x, w.contiguous(memory_format=torch.channels_last))]:
+            out = TORCH_OPS[op](input, weight, None, backend="cuda")
+            channels_last = cudnn and dtype != torch.float64
+            expected = torch.channels_last if channels_last else torch.contiguous_format
+            assert out.is_contiguous(memory_format=expected)
+            if cudnn:  # stock's own meta kernels agree (without cuDNN they ignore the flag)
+                assert out.stride() == stock(input, weight, None, op == "pooled").stride()
