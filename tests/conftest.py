@@ -69,19 +69,25 @@ def _seed(request):
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
-# The precision settings the stock conv follows on CUDA, most specific first (torch's
-# fp32_precision API; torch.backends.cudnn.allow_tf32 sets the first).
-_PRECISIONS = (torch.backends.cudnn.conv, torch.backends.cudnn, torch.backends)
+# The cuDNN precision settings (torch's fp32_precision API: conv, RNN, cuDNN-wide, global);
+# torch.backends.cudnn.allow_tf32 sets the first two.
+_PRECISIONS = (
+    torch.backends.cudnn.conv,
+    torch.backends.cudnn.rnn,
+    torch.backends.cudnn,
+    torch.backends,
+)
 
 
 @pytest.fixture(autouse=True)
 def _full_precision_float32():
     # The stock conv and the Triton kernel use TF32 for float32 on GPUs by default; the tests
     # compare float32 at float32 precision, and test the TF32 path on its own. Saved and
-    # restored through the precision API: reading the legacy flag raises once a test has mixed
-    # the two.
+    # restored through the precision API (reading the legacy flag raises while conv and RNN
+    # differ, as a test may leave them); set with the legacy flag, which keeps them equal, as
+    # torch's own code (torch.backends.cudnn.flags) reads it.
     saved = [p.fp32_precision for p in _PRECISIONS], torch.backends.cudnn.enabled
-    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    torch.backends.cudnn.allow_tf32 = False
     yield
     for p, precision in zip(_PRECISIONS, saved[0], strict=True):
         p.fp32_precision = precision
