@@ -6,7 +6,9 @@ strides, grid, configs), and the op in ops.py that calls it.
 
 A program computes one image x a block of BLOCK_P *pooled* outputs x a block of BLOCK_CO output
 channels. Each of the window's four conv values accumulates in float32 registers starting from
-the bias, borders are masked loads instead of a padded copy, and after the max over the window
+the bias (where the stock conv is cuDNN's: from zero, then rounded to the dtype before the bias
+is added, as cuDNN + ``add_`` round), borders are masked loads instead of a padded copy, and
+after the max over the window
 (propagating NaN, as the stock max-pool does) ReLU is applied once (``max(relu(c)) ==
 relu(max(c))``) and only the pooled value is stored: the conv output never reaches memory.
 Unpooled (conv3x3_relu2d, ``POOL=False``), the same windows cover the conv output and each of
@@ -141,7 +143,7 @@ def _dot_kernel(
     N_BUCKET,  # autotune key only: next power of two of the batch
     HAS_BIAS: tl.constexpr,
     CONV_GRAD: tl.constexpr,  # False: store the pooled output; True: see _store_result
-    ROUND_BEFORE_BIAS: tl.constexpr,  # CONV_GRAD: see _conv_rounds_before_bias
+    ROUND_BEFORE_BIAS: tl.constexpr,  # see _conv_rounds_before_bias
     POOL: tl.constexpr,  # False: store the conv values after ReLU (conv3x3_relu2d)
     BLOCK_P: tl.constexpr,
     BLOCK_CO: tl.constexpr,
@@ -161,7 +163,7 @@ def _dot_kernel(
     for pos in tl.static_range(4):  # window position (a, b) = (pos // 2, pos % 2)
         iy0 = (2 * py - 1 + pos // 2)[:, None]  # input row of tap ky = 0
         ix0 = (2 * px - 1 + pos % 2)[:, None]
-        if CONV_GRAD and ROUND_BEFORE_BIAS:
+        if ROUND_BEFORE_BIAS:
             acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
         else:
             acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32) + bias[None, :]
@@ -184,7 +186,7 @@ def _dot_kernel(
             if UPCAST:
                 x = x.to(tl.float32)
             acc = tl.dot(x, w.to(x.dtype), acc, input_precision="tf32")
-        if CONV_GRAD:  # route by the values stock stores: rounded to the tensors' dtype
+        if CONV_GRAD or ROUND_BEFORE_BIAS:  # the values stock stores, rounded as it rounds
             acc = _stored_conv_value(
                 acc, bias[None, :], out_ptr.dtype.element_ty, ROUND_BEFORE_BIAS
             )
@@ -219,7 +221,7 @@ def _fma_kernel(
     N_BUCKET,  # autotune key only: next power of two of the batch
     HAS_BIAS: tl.constexpr,
     CONV_GRAD: tl.constexpr,  # False: store the pooled output; True: see _store_result
-    ROUND_BEFORE_BIAS: tl.constexpr,  # CONV_GRAD: see _conv_rounds_before_bias
+    ROUND_BEFORE_BIAS: tl.constexpr,  # see _conv_rounds_before_bias
     POOL: tl.constexpr,  # False: store the conv values after ReLU (conv3x3_relu2d)
     BLOCK_P: tl.constexpr,
     BLOCK_CO: tl.constexpr,
@@ -228,7 +230,7 @@ def _fma_kernel(
         C_out, Ho, Wo, b_ptr, sb, HAS_BIAS, BLOCK_P, BLOCK_CO
     )
     # acc_ab: conv value (2*py + a, 2*px + b) of each window; pixels on the fast axis.
-    if CONV_GRAD and ROUND_BEFORE_BIAS:
+    if ROUND_BEFORE_BIAS:
         acc00 = tl.zeros([BLOCK_CO, BLOCK_P], dtype=tl.float32)
     else:
         acc00 = tl.zeros([BLOCK_CO, BLOCK_P], dtype=tl.float32) + bias[:, None]
@@ -265,7 +267,7 @@ def _fma_kernel(
         x_c += sxc
         w_c += swi
 
-    if CONV_GRAD:  # route by the values stock stores: rounded to the tensors' dtype
+    if CONV_GRAD or ROUND_BEFORE_BIAS:  # the values stock stores, rounded as it rounds
         if ROUND_BEFORE_BIAS:  # loaded again: live through the loop, ptxas spilled (float16)
             bias = _load_bias(b_ptr, sb, co, co_ok, HAS_BIAS, BLOCK_CO)
         dtype = out_ptr.dtype.element_ty
@@ -459,8 +461,9 @@ def conv_grad(
 def _conv_rounds_before_bias(device: torch.device) -> bool:
     """Whether the stock conv on this device rounds its output to the dtype before adding the
     bias: on CUDA cuDNN convolves and `output.add_(bias)` follows (two roundings in float16 and
-    bfloat16); without cuDNN, and on the CPU with oneDNN, the bias is inside (one). The conv
-    gradient routes by the values stock stores, so it rounds as stock does."""
+    bfloat16: a float16 sum >= 65520 is Inf there whatever the bias); without cuDNN, and on the
+    CPU with oneDNN, the bias is inside (one). The kernels round as stock does: the forward's
+    values, and the values the conv gradient routes by."""
     return (
         device.type == "cuda"
         and torch.backends.cudnn.enabled
@@ -505,7 +508,7 @@ def _launch(input, weight, bias, out, grad_output, kernel, pool=True):
             triton.next_power_of_2(n),
             HAS_BIAS=bias is not None,
             CONV_GRAD=grad_output is not None,
-            ROUND_BEFORE_BIAS=grad_output is not None and _conv_rounds_before_bias(input.device),
+            ROUND_BEFORE_BIAS=_conv_rounds_before_bias(input.device),
             POOL=pool,
             **meta,
         )  # fmt: skip

@@ -218,3 +218,35 @@ def test_every_config_compiles_for_sm90_without_spills():
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert result.stdout.count("\n") > 2 * 3  # a line per config and dtype
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("pool", [True, False], ids=["pooled", "unpooled"])
+@pytest.mark.parametrize("round_before_bias", [False, True], ids=["oneDNN", "cuDNN"])
+def test_forward_rounds_the_conv_as_stock(kernel, dtype, pool, round_before_bias, monkeypatch):
+    # cuDNN rounds the conv to the dtype and add_ adds the bias (a float16 sum >= 65520 is Inf
+    # whatever the bias); oneDNN rounds conv + bias once. The kernel rounds as the stock conv
+    # of the device does; a few windows are pushed to float16's overflow edge.
+    if DEVICE == "cuda" and not round_before_bias:
+        pytest.skip("on CUDA the stock conv is cuDNN's")
+    monkeypatch.setattr(tk, "_conv_rounds_before_bias", lambda device: round_before_bias)
+    x, w, b = make_inputs(2, 3, 6, 8, 10, dtype=dtype, device=DEVICE)
+    if dtype == torch.float16:  # conv (0, 0, 3, 4) = 27 * 9 * 270 = 65610: Inf when rounded
+        x[:, :, 2:5, 3:6] = 270.0  # alone (>= 65520), 61610 with the bias added first
+        w[0] = 9.0
+        b[0] = -4000.0
+    if round_before_bias:
+        conv = torch.nn.functional.conv2d(x, w, None, padding=1) + b[:, None, None]
+    else:
+        conv = torch.nn.functional.conv2d(x, w, b, padding=1)
+    expected = torch.relu(conv)
+    if pool:
+        expected = torch.nn.functional.max_pool2d(expected, 2, 2)
+    got = tk.forward(x, w, b, kernel=kernel, pool=pool)
+    assert torch.equal(got.isinf(), expected.isinf())  # the overflow edge: exactly as stock
+    if dtype == torch.float16:
+        assert expected.isinf().any() == round_before_bias  # the case is at the edge
+    # Elsewhere within a rounding (summation order; the interpreter's bfloat16 store truncates).
+    finite = expected.isfinite()
+    torch.testing.assert_close(got[finite], expected[finite], rtol=1e-2, atol=1e-2)

@@ -36,7 +36,7 @@ def compile_config(
     constexprs = {
         "HAS_BIAS": True,
         "CONV_GRAD": conv_grad,
-        "ROUND_BEFORE_BIAS": conv_grad,  # as on CUDA
+        "ROUND_BEFORE_BIAS": True,  # as on CUDA with cuDNN
         "POOL": epilogue != "unpooled",
         **config.kwargs,
     }

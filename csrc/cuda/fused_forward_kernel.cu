@@ -1,7 +1,9 @@
 // The CUDA kernel of simplecnn::_fused_forward (backend "cuda").
 //
 // A block of 128 threads owns one image's tile of 8 x 16 pooled outputs for kCoPerThread output
-// channels. Per chunk of input channels it stages the input tile with its 1-pixel halo
+// channels. Rounding as the stock conv (cuDNN, then `add_` of the bias): with round_before_bias
+// the sums start from zero and are rounded to the dtype before the bias is added (a float16 sum
+// >= 65520 is Inf whatever the bias), else they start from the bias. Per chunk of input channels it stages the input tile with its 1-pixel halo
 // (2*8+2 rows x 2*16+2 columns) and the chunk's weights in shared memory, with coalesced loads
 // along the input rows; each thread then computes the four conv values of its pooled window for
 // all kCoPerThread channels in registers (bias first, as the stock conv adds it), and finally
@@ -15,6 +17,7 @@
 // accumulate in float, double in double.
 #include "fused_forward_kernel.h"
 
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
@@ -52,7 +55,8 @@ __global__ void __launch_bounds__(kThreads) fused_forward_kernel(
     const scalar_t* __restrict__ b, scalar_t* __restrict__ out, int64_t C_in, int64_t H,
     int64_t W, int64_t C_out, int64_t Ho, int64_t Wo, int64_t tiles_w, int64_t tiles_per_image,
     int64_t sxn, int64_t sxc, int64_t sxh, int64_t sxw, int64_t swo, int64_t swi, int64_t swh,
-    int64_t sww, int64_t sb, int64_t son, int64_t soc, int64_t soh, int64_t sow) {
+    int64_t sww, int64_t sb, int64_t son, int64_t soc, int64_t soh, int64_t sow,
+    bool round_before_bias) {
   __shared__ acc_t tile[kCiChunk][kInRows][kInCols];
   __shared__ acc_t weights[kCiChunk][kCoPerThread][9];
 
@@ -66,7 +70,9 @@ __global__ void __launch_bounds__(kThreads) fused_forward_kernel(
   acc_t acc[kCoPerThread][4];  // [channel][window position a*2+b]
 #pragma unroll
   for (int j = 0; j < kCoPerThread; ++j) {
-    const acc_t bias = (b != nullptr && co0 + j < C_out) ? acc_t(b[(co0 + j) * sb]) : acc_t(0);
+    const acc_t bias = (b != nullptr && co0 + j < C_out && !round_before_bias)
+                           ? acc_t(b[(co0 + j) * sb])
+                           : acc_t(0);
 #pragma unroll
     for (int q = 0; q < 4; ++q) acc[j][q] = bias;
   }
@@ -119,6 +125,15 @@ __global__ void __launch_bounds__(kThreads) fused_forward_kernel(
 
   const int64_t py = py0 + ty, px = px0 + tx;
   if (py >= Ho || px >= Wo) return;
+  if (round_before_bias) {  // the conv rounded to the dtype, plus the bias, rounded again
+#pragma unroll
+    for (int j = 0; j < kCoPerThread; ++j) {
+      const acc_t bias = (b != nullptr && co0 + j < C_out) ? acc_t(b[(co0 + j) * sb]) : acc_t(0);
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        acc[j][q] = acc_t(scalar_t(acc_t(scalar_t(acc[j][q])) + bias));
+    }
+  }
   if constexpr (!Pool) {
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
@@ -147,6 +162,8 @@ __global__ void __launch_bounds__(kThreads) fused_forward_kernel(
 
 void launch_fused_forward(const at::Tensor& input, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias, const at::Tensor& out, bool pool) {
+  // The stock conv on CUDA is cuDNN's unless disabled (then the bias is inside the sums).
+  const bool round_before_bias = at::globalContext().userEnabledCuDNN();
   const int64_t N = input.size(0), C_in = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t C_out = weight.size(0);
   const int64_t Ho = pool ? out.size(2) : (H + 1) / 2, Wo = pool ? out.size(3) : (W + 1) / 2;
@@ -175,7 +192,7 @@ void launch_fused_forward(const at::Tensor& input, const at::Tensor& weight,
             input.stride(0), input.stride(1), input.stride(2), input.stride(3), weight.stride(0),
             weight.stride(1), weight.stride(2), weight.stride(3),
             bias.has_value() ? bias->stride(0) : 0, out.stride(0), out.stride(1), out.stride(2),
-            out.stride(3));
+            out.stride(3), round_before_bias);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
 }
