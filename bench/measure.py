@@ -59,8 +59,8 @@ def machine_label(info: dict) -> str:
 def _conv_allows_tf32() -> bool:
     try:
         from simplecnn_kernels.triton_conv3x3_relu_maxpool2d import conv_allows_tf32
-    except ImportError:  # no triton: the legacy flag (fine unless the precision API was used)
-        return torch.backends.cudnn.allow_tf32
+    except ImportError:  # no triton: the conv precision directly (the legacy flag may raise)
+        return torch.backends.cudnn.enabled and torch.backends.cudnn.conv.fp32_precision == "tf32"
     return conv_allows_tf32()
 
 

@@ -89,6 +89,9 @@ def _full_precision_float32():
     saved = [p.fp32_precision for p in _PRECISIONS], torch.backends.cudnn.enabled
     torch.backends.cudnn.allow_tf32 = False
     yield
+    conv, rnn = saved[0][:2]
+    if conv == rnn:  # the legacy flag too (the precision API leaves it), so that reading it works
+        torch.backends.cudnn.allow_tf32 = conv == "tf32"
     for p, precision in zip(_PRECISIONS, saved[0], strict=True):
         p.fp32_precision = precision
     torch.backends.cudnn.enabled = saved[1]

@@ -1,13 +1,13 @@
 // The CUDA kernel of simplecnn::_fused_forward (backend "cuda").
 //
 // A block of 128 threads owns one image's tile of 8 x 16 pooled outputs for kCoPerThread output
-// channels. Rounding as the stock conv (cuDNN, then `add_` of the bias): with round_before_bias
-// the sums start from zero and are rounded to the dtype before the bias is added (a float16 sum
-// >= 65520 is Inf whatever the bias), else they start from the bias. Per chunk of input channels it stages the input tile with its 1-pixel halo
+// channels. Per chunk of input channels it stages the input tile with its 1-pixel halo
 // (2*8+2 rows x 2*16+2 columns) and the chunk's weights in shared memory, with coalesced loads
 // along the input rows; each thread then computes the four conv values of its pooled window for
-// all kCoPerThread channels in registers (bias first, as the stock conv adds it), and finally
-// takes the max over the window (NaN-propagating, as the stock max-pool), applies ReLU once and
+// all kCoPerThread channels in registers, rounded as the stock conv rounds them (cuDNN, then
+// `add_` of the bias: with round_before_bias the sums start from zero and are rounded to the
+// dtype before the bias is added, so a float16 sum >= 65520 is Inf whatever the bias; else they
+// start from the bias), and finally takes the max over the window (NaN-propagating, as the stock max-pool), applies ReLU once and
 // stores the pooled values. The conv output never reaches global memory. Unpooled (Pool false:
 // conv3x3_relu2d), the same windows cover the conv output and each thread stores its four conv
 // values after ReLU.
