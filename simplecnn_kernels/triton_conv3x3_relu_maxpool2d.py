@@ -383,7 +383,8 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
 
 def conv_allows_tf32() -> bool:
     """Whether torch's settings let the stock CUDA conv compute float32 in TF32: cuDNN enabled
-    (without it the conv runs on plain float32 GEMMs) and its conv precision "tf32", where
+    (without it the conv runs on cuBLAS GEMMs, TF32 only if the matmul precision allows it;
+    the kernels then keep full float32, never less precise) and its conv precision "tf32", where
     "none" defers to cuDNN's, then to the global one (torch.backends.cudnn.conv.fp32_precision,
     torch.backends.cudnn.fp32_precision, torch.backends.fp32_precision). The legacy flag
     torch.backends.cudnn.allow_tf32 sets the conv precision too ("tf32" or "none"); reading it
