@@ -19,6 +19,10 @@ namespace simplecnn {
 void check_inputs(const at::Tensor& input, const at::Tensor& weight,
                   const std::optional<at::Tensor>& bias, bool pool = true);
 
+// Whether the stock conv on `input`'s device is cuDNN's (CUDA with cuDNN enabled), whose output
+// layout and rounding the kernels follow there. Mirrors stock_conv_uses_cudnn in ops.py.
+bool stock_conv_uses_cudnn(const at::Tensor& input);
+
 // Allocates the (N, C_out, H / 2, W / 2) output (unpooled: (N, C_out, H, W)) in the memory
 // format the stock conv would use.
 at::Tensor empty_output(const at::Tensor& input, const at::Tensor& weight, bool pool);

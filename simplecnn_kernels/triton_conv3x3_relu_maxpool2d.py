@@ -465,11 +465,9 @@ def _conv_rounds_before_bias(device: torch.device) -> bool:
     bfloat16: a float16 sum >= 65520 is Inf there whatever the bias); without cuDNN, and on the
     CPU with oneDNN, the bias is inside (one). The kernels round as stock does: the forward's
     values, and the values the conv gradient routes by."""
-    return (
-        device.type == "cuda"
-        and torch.backends.cudnn.enabled
-        and torch.backends.cudnn.is_available()
-    )
+    from .ops import stock_conv_uses_cudnn
+
+    return stock_conv_uses_cudnn(device)
 
 
 def _launch(input, weight, bias, out, grad_output, kernel, pool=True):

@@ -13,7 +13,8 @@ at::Tensor fused_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
   check_inputs(input, weight, bias, pool);
   const c10::cuda::CUDAGuard device_guard(input.device());
   at::Tensor out = empty_output(input, weight, pool);
-  if (out.numel() > 0) cuda::launch_fused_forward(input, weight, bias, out, pool);
+  if (out.numel() > 0)
+    cuda::launch_fused_forward(input, weight, bias, out, pool, stock_conv_uses_cudnn(input));
   return out;
 }
 

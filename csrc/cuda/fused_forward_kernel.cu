@@ -17,7 +17,6 @@
 // accumulate in float, double in double.
 #include "fused_forward_kernel.h"
 
-#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
@@ -161,9 +160,8 @@ __global__ void __launch_bounds__(kThreads) fused_forward_kernel(
 }  // namespace
 
 void launch_fused_forward(const at::Tensor& input, const at::Tensor& weight,
-                          const std::optional<at::Tensor>& bias, const at::Tensor& out, bool pool) {
-  // The stock conv on CUDA is cuDNN's unless disabled (then the bias is inside the sums).
-  const bool round_before_bias = at::globalContext().userEnabledCuDNN();
+                          const std::optional<at::Tensor>& bias, const at::Tensor& out, bool pool,
+                          bool round_before_bias) {
   const int64_t N = input.size(0), C_in = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t C_out = weight.size(0);
   const int64_t Ho = pool ? out.size(2) : (H + 1) / 2, Wo = pool ? out.size(3) : (W + 1) / 2;

@@ -1,4 +1,5 @@
-// The CUDA kernel's launcher (fused_forward_kernel.cu; `pool` false: conv3x3_relu2d), called by
+// The CUDA kernel's launcher (fused_forward_kernel.cu; `pool` false: conv3x3_relu2d;
+// `round_before_bias`: round as cuDNN + add_ do, stock_conv_uses_cudnn), called by
 // the ops' CUDA implementation (conv3x3_relu_maxpool2d_cuda.cpp) with checked arguments and the
 // output.
 #pragma once
@@ -10,6 +11,7 @@
 namespace simplecnn::cuda {
 
 void launch_fused_forward(const at::Tensor& input, const at::Tensor& weight,
-                          const std::optional<at::Tensor>& bias, const at::Tensor& out, bool pool);
+                          const std::optional<at::Tensor>& bias, const at::Tensor& out, bool pool,
+                          bool round_before_bias);
 
 }  // namespace simplecnn::cuda
