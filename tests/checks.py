@@ -22,6 +22,10 @@ def stock(x, w, b, pool=True):
     return F.max_pool2d(activated, 2, 2) if pool else activated
 
 
+# make_inputs' layouts.
+LAYOUTS = ["contiguous", "channels_last", "channels_last_model", "strided"]
+
+
 def make_inputs(
     n,
     c_in,
@@ -36,7 +40,9 @@ def make_inputs(
     generator=None,
 ):
     """Fresh random (input, weight, bias) in the given layout: "contiguous", "channels_last"
-    or "strided" (views with gaps and non-unit inner strides, for input, weight and bias)."""
+    (the input), "channels_last_model" (the input and the weight, as
+    ``model.to(memory_format=torch.channels_last)`` leaves a conv's) or "strided" (views with
+    gaps and non-unit inner strides, for input, weight and bias)."""
     g = generator
 
     def randn(*shape):
@@ -51,8 +57,10 @@ def make_inputs(
         x = randn(*batch, c_in, h, w)
         weight = randn(c_out, c_in, 3, 3)
         b = randn(c_out) if bias else None
-        if layout == "channels_last" and n is not None:
+        if layout in ("channels_last", "channels_last_model") and n is not None:
             x = x.contiguous(memory_format=torch.channels_last)
+        if layout == "channels_last_model":
+            weight = weight.contiguous(memory_format=torch.channels_last)
     return x, weight, b
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from checks import LAYOUTS
 from conftest import cpu_levels
 
 import simplecnn_kernels as sk
@@ -413,7 +414,7 @@ WINOGRAD_4X4_SHAPES = [
     ids=str,
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("pool", [True, False], ids=["pooled", "unpooled"])
 def test_wide_layer_algorithms_match_stock(algorithm, shape, dtype, layout, pool, level):
     # Unpooled (conv3x3_relu2d): the same windows cover the conv output, odd last rows and

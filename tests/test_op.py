@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from checks import assert_matches_reference, make_inputs, stock
+from checks import LAYOUTS, assert_matches_reference, make_inputs, stock
 from conftest import device_backends
 
 import simplecnn_kernels as sk
@@ -24,7 +24,6 @@ SHAPES = [  # (N, C_in, C_out, H, W)
     (1, 16, 5, 6, 2),  # W = 2
     (1, 64, 64, 16, 16),  # wide channels
 ]
-LAYOUTS = ["contiguous", "channels_last", "strided"]
 FUSED = {"pooled": sk.conv3x3_relu_maxpool2d, "unpooled": sk.conv3x3_relu2d}
 TORCH_OPS = {
     "pooled": torch.ops.simplecnn.conv3x3_relu_maxpool2d,
