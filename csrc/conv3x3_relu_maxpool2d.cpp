@@ -2,6 +2,7 @@
 #include "conv3x3_relu_maxpool2d.h"
 
 #include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <ATen/ops/empty.h>
 #include <Python.h>
 #include <torch/library.h>
@@ -66,7 +67,11 @@ void check_inputs(const at::Tensor& input, const at::Tensor& weight,
 }
 
 bool stock_conv_uses_cudnn(const at::Tensor& input) {
-  return input.is_cuda() && at::globalContext().userEnabledCuDNN();
+  const auto& hooks = at::detail::getCUDAHooks();
+  if (!input.is_cuda() || !at::globalContext().userEnabledCuDNN() || !hooks.compiledWithCuDNN())
+    return false;
+  // ATen's own rule (Convolution.cpp, use_cudnn): cuDNN takes bfloat16 convs from sm_80 on.
+  return input.scalar_type() != at::kBFloat16 || hooks.supportsBFloat16ConvolutionWithCuDNNv8();
 }
 
 at::Tensor empty_output(const at::Tensor& input, const at::Tensor& weight, bool pool) {

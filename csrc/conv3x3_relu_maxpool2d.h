@@ -19,8 +19,9 @@ namespace simplecnn {
 void check_inputs(const at::Tensor& input, const at::Tensor& weight,
                   const std::optional<at::Tensor>& bias, bool pool = true);
 
-// Whether the stock conv on `input`'s device is cuDNN's (CUDA with cuDNN enabled), whose output
-// layout and rounding the kernels follow there. Mirrors stock_conv_uses_cudnn in ops.py.
+// Whether the stock conv on `input` is cuDNN's (CUDA, cuDNN present and enabled; bfloat16 from
+// sm_80 on), whose output layout and rounding the kernels follow there. Mirrors
+// stock_conv_uses_cudnn in ops.py.
 bool stock_conv_uses_cudnn(const at::Tensor& input);
 
 // Allocates the (N, C_out, H / 2, W / 2) output (unpooled: (N, C_out, H, W)) in the memory

@@ -332,22 +332,25 @@ def _forward_unpooled(
     return _run_backend(backend, input, weight, bias, False)
 
 
-def stock_conv_uses_cudnn(device: torch.device) -> bool:
-    """Whether the stock conv on tensors of this device is cuDNN's (CUDA, cuDNN present and
-    enabled), whose output layout and rounding the kernels follow there. The C++ twin is
-    stock_conv_uses_cudnn in csrc/conv3x3_relu_maxpool2d.cpp."""
-    return (
+def stock_conv_uses_cudnn(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the stock conv on tensors of this device and dtype is cuDNN's (CUDA, cuDNN
+    present and enabled; bfloat16 only from sm_80 on, as ATen's use_cudnn decides), whose output
+    layout and rounding the kernels follow there. The C++ twin is stock_conv_uses_cudnn in
+    csrc/conv3x3_relu_maxpool2d.cpp."""
+    if not (
         device.type == "cuda"
         and torch.backends.cudnn.enabled
         and torch.backends.cudnn.is_available()
-    )
+    ):
+        return False
+    return dtype != torch.bfloat16 or torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def output_memory_format(input: Tensor, weight: Tensor) -> torch.memory_format:
     """The stock conv's output layout, which ReLU and the pool keep: channels_last when the input
     or the weight is, but on CUDA only where cuDNN computes the conv (not without it, nor for
     float64, for which it turns NHWC off). The C++ kernels' empty_output makes the same choice."""
-    cudnn_nhwc = stock_conv_uses_cudnn(input.device) and input.dtype != torch.float64
+    cudnn_nhwc = stock_conv_uses_cudnn(input.device, input.dtype) and input.dtype != torch.float64
     if input.device.type == "cuda" and not cudnn_nhwc:
         return torch.contiguous_format
     if input.dim() == 4 and torch.channels_last in (

@@ -34,6 +34,7 @@ Nothing here touches a GPU or a Triton driver at import.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -359,13 +360,16 @@ _INTERPRETER_META = {
 # autotuning: the GPU test tier compiles dozens of shapes and needs speed, not the best config.
 _AUTOTUNE = os.environ.get("SIMPLECNN_TRITON_AUTOTUNE", "1") != "0"
 _JIT = {"dot": _dot_kernel, "fma": _fma_kernel}
-if INTERPRETED or not _AUTOTUNE:
-    _KERNELS = {key: _JIT[key[0]] for key in CONFIGS}
-else:
-    _KERNELS = {
-        key: triton.autotune(configs, key=_AUTOTUNE_KEY)(_JIT[key[0]])
-        for key, configs in CONFIGS.items()
-    }
+
+
+@functools.cache
+def _autotuner(key: tuple[str, str]):
+    return triton.autotune(CONFIGS[key], key=_AUTOTUNE_KEY)(_JIT[key[0]])
+
+
+# The config autotuning chose per (kernel, epilogue) and shape, for launches inside a CUDA graph
+# capture (_launcher).
+_TUNED: dict[tuple, triton.Config] = {}
 
 
 def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -420,10 +424,11 @@ def forward(
     bias: torch.Tensor | None,
     kernel: str | None = None,
     pool: bool = True,
+    config: triton.Config | None = None,
 ) -> torch.Tensor:
     """The fused op on a 4-D input (checked by the op): conv3x3_relu_maxpool2d, or with `pool`
-    False conv3x3_relu2d. `kernel` ("dot" or "fma") overrides `choose_kernel`, for tests and
-    benchmarks."""
+    False conv3x3_relu2d. `kernel` ("dot" or "fma") overrides `choose_kernel` and `config` (one
+    of CONFIGS) autotuning, for tests and benchmarks."""
     from .ops import output_memory_format
 
     n, _, h, w = input.shape
@@ -433,7 +438,7 @@ def forward(
         device=input.device,
         memory_format=output_memory_format(input, weight),
     )
-    return _launch(input, weight, bias, out, None, kernel, pool)
+    return _launch(input, weight, bias, out, None, kernel, pool, config)
 
 
 def conv_grad(
@@ -442,9 +447,11 @@ def conv_grad(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     kernel: str | None = None,
+    config: triton.Config | None = None,
 ) -> torch.Tensor:
     """The gradient of the conv output (before bias and ReLU), full-size, given the pooled
-    output's gradient: the forward recomputed, routed as the stock max-pool + ReLU route it."""
+    output's gradient: the forward recomputed, routed as the stock max-pool + ReLU route it.
+    `kernel` and `config` as for forward."""
     from .ops import conv_grad_memory_format
 
     n, _, h, w = input.shape
@@ -456,21 +463,42 @@ def conv_grad(
     )
     if h % 2 or w % 2:  # the last row or column gets no gradient; the kernel writes the rest
         out.zero_()
-    return _launch(input, weight, bias, out, grad_output, kernel)
+    return _launch(input, weight, bias, out, grad_output, kernel, config=config)
 
 
-def _conv_rounds_before_bias(device: torch.device) -> bool:
-    """Whether the stock conv on this device rounds its output to the dtype before adding the
-    bias: on CUDA cuDNN convolves and `output.add_(bias)` follows (two roundings in float16 and
-    bfloat16: a float16 sum >= 65520 is Inf there whatever the bias); without cuDNN, and on the
-    CPU with oneDNN, the bias is inside (one). The kernels round as stock does: the forward's
-    values, and the values the conv gradient routes by."""
+def _conv_rounds_before_bias(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the stock conv on tensors of this device and dtype rounds its output to the dtype
+    before adding the bias: where cuDNN convolves (stock_conv_uses_cudnn), `output.add_(bias)`
+    follows (two roundings in float16 and bfloat16: a float16 sum >= 65520 is Inf there whatever
+    the bias); without cuDNN, and on the CPU with oneDNN, the bias is inside (one). The kernels
+    round as stock does: the forward's values, and the values the conv gradient routes by."""
     from .ops import stock_conv_uses_cudnn
 
-    return stock_conv_uses_cudnn(device)
+    return stock_conv_uses_cudnn(device, dtype)
 
 
-def _launch(input, weight, bias, out, grad_output, kernel, pool=True):
+def _config_meta(config: triton.Config) -> dict:
+    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+def _launcher(key: tuple[str, str], shape: tuple, config: triton.Config | None):
+    """What runs a launch and the meta-parameters it takes: the kernel with `config`, with the
+    interpreter's or the first config (autotuning off), or the autotuner (`{}`), except inside a
+    CUDA graph capture, where autotuning's benchmark (it synchronizes) would break the capture:
+    there the config tuned for this shape before, else the first. `key`: (kernel, epilogue)."""
+    kernel = key[0]
+    if config is not None:
+        return _JIT[kernel], _config_meta(config)
+    if INTERPRETED:
+        return _JIT[kernel], dict(_INTERPRETER_META[kernel])
+    if not _AUTOTUNE:
+        return _JIT[kernel], _config_meta(CONFIGS[key][0])
+    if torch.cuda.is_current_stream_capturing():
+        return _JIT[kernel], _config_meta(_TUNED.get((key, shape), CONFIGS[key][0]))
+    return _autotuner(key), {}
+
+
+def _launch(input, weight, bias, out, grad_output, kernel, pool=True, config=None):
     n, c_in, h, w = input.shape
     c_out = weight.shape[0]
     # The pool windows: pooled, the output's pixels; unpooled, those that cover the output.
@@ -479,16 +507,7 @@ def _launch(input, weight, bias, out, grad_output, kernel, pool=True):
         return out
     kernel = kernel or choose_kernel(input, out)
     epilogue = "conv_grad" if grad_output is not None else "pooled" if pool else "unpooled"
-    key = (kernel, epilogue)
-    if INTERPRETED:
-        meta = dict(_INTERPRETER_META[kernel])
-    elif not _AUTOTUNE:
-        config = CONFIGS[key][0]
-        meta = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
-    else:
-        meta = {}
-    if kernel == "dot":
-        meta["UPCAST"] = INTERPRETED
+    key, shape = (kernel, epilogue), (c_in, c_out, ho, wo, triton.next_power_of_2(n), input.dtype)
 
     def grid(m):
         return (n * triton.cdiv(ho * wo, m["BLOCK_P"]), triton.cdiv(c_out, m["BLOCK_CO"]))
@@ -496,7 +515,8 @@ def _launch(input, weight, bias, out, grad_output, kernel, pool=True):
     b = bias if bias is not None else out  # never read without HAS_BIAS
     g = grad_output if grad_output is not None else out  # never read in the forward
     with torch.cuda.device(input.device) if input.is_cuda else contextlib.nullcontext():
-        _KERNELS[key][grid](
+        launcher, meta = _launcher(key, shape, config)
+        launcher[grid](
             input, weight, b, out,
             c_in, h, w, c_out, ho, wo,
             *input.stride(),
@@ -507,8 +527,11 @@ def _launch(input, weight, bias, out, grad_output, kernel, pool=True):
             triton.next_power_of_2(n),
             HAS_BIAS=bias is not None,
             CONV_GRAD=grad_output is not None,
-            ROUND_BEFORE_BIAS=_conv_rounds_before_bias(input.device),
+            ROUND_BEFORE_BIAS=_conv_rounds_before_bias(input.device, input.dtype),
             POOL=pool,
+            **({"UPCAST": INTERPRETED} if kernel == "dot" else {}),
             **meta,
         )  # fmt: skip
+        if launcher is not _JIT[kernel]:
+            _TUNED[(key, shape)] = launcher.best_config
     return out

@@ -56,3 +56,48 @@ def test_large_batch(backend, dtype):
 def test_wide_layer(backend, layout):
     x, w, b = make_inputs(64, 64, 64, 32, 32, device="cuda", layout=layout)
     assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend), x, w, b)
+
+
+@pytest.mark.skipif("triton" not in CUDA_BACKENDS, reason="triton not installed")
+def test_cuda_graph_capture_with_autotuning(monkeypatch):
+    # Autotuning benchmarks a new shape (and synchronizes), which breaks a CUDA graph capture:
+    # inside one the launcher takes the config tuned for the shape before, else the first.
+    from simplecnn_kernels import triton_conv3x3_relu_maxpool2d as tk
+
+    monkeypatch.setattr(tk, "_AUTOTUNE", True)  # the GPU test tier turns it off
+    tuned, untuned = (
+        make_inputs(8, 3, 18, 32, 32, device="cuda"),
+        make_inputs(4, 3, 18, 24, 40, device="cuda"),
+    )
+    sk.conv3x3_relu_maxpool2d(*tuned, backend="triton")  # autotuned outside the capture
+    key = ("fma", "pooled")  # float32 with TF32 off (the tests' precision fixture)
+    first = tk.CONFIGS[key][0]
+    tk.forward(*untuned, config=first)  # compiled before the capture, as CUDA graphs need
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = [sk.conv3x3_relu_maxpool2d(*inputs, backend="triton") for inputs in (tuned, untuned)]
+    for inputs in (tuned, untuned):  # fresh values, replayed
+        for t in inputs:
+            t.copy_(torch.randn_like(t))
+    graph.replay()
+    torch.cuda.synchronize()
+    for out, inputs in zip(outs, (tuned, untuned), strict=True):
+        assert_matches_reference(out, *inputs)
+    untuned_shape = (3, 18, 12, 20, 4, torch.float32)
+    assert (key, untuned_shape) not in tk._TUNED  # taken from the first config, not tuned
+
+
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_more_than_2_31_elements(backend):
+    # 16385 float16 images of 512x512: 4.3e9 input elements (8.6 GB), offsets past 2^31 from
+    # the 8193rd image on; the last image checked against stock on that image alone.
+    n = 16385
+    x = torch.randn(n, 1, 512, 512, device="cuda", dtype=torch.float16)
+    w = torch.randn(2, 1, 3, 3, device="cuda", dtype=torch.float16)
+    b = torch.randn(2, device="cuda", dtype=torch.float16)
+    assert x.numel() > 2**32
+    out = sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend)
+    for i in (0, n // 2, n - 1):
+        assert_matches_reference(out[i : i + 1], x[i : i + 1], w, b)
+    del x, out
+    torch.cuda.empty_cache()

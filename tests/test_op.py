@@ -396,3 +396,22 @@ def test_cuda_output_layout_is_stocks_with_fake_tensors(op, dtype, cudnn, monkey
             assert out.is_contiguous(memory_format=expected)
             if cudnn:  # stock's own meta kernels agree (without cuDNN they ignore the flag)
                 assert out.stride() == stock(input, weight, None, op == "pooled").stride()
+
+
+@pytest.mark.parametrize("capability", [(7, 5), (8, 0), (9, 0)], ids=["sm75", "sm80", "sm90"])
+def test_cuda_bfloat16_follows_cudnns_bfloat16_support(op, capability, monkeypatch):
+    # ATen's use_cudnn takes bfloat16 convs to cuDNN from sm_80 on; before, the stock conv is
+    # the cuDNN-less one: NCHW on CUDA, the bias added before rounding. float16 is cuDNN's.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    monkeypatch.setattr(torch.backends.cudnn, "enabled", True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda = torch.device("cuda")
+    assert sk.ops.stock_conv_uses_cudnn(cuda, torch.bfloat16) == (capability >= (8, 0))
+    assert sk.ops.stock_conv_uses_cudnn(cuda, torch.float16)
+    with FakeTensorMode():
+        x = torch.empty(2, 3, 8, 8, device="cuda", dtype=torch.bfloat16)
+        w = torch.empty(4, 3, 3, 3, device="cuda", dtype=torch.bfloat16)
+        out = TORCH_OPS[op](x.contiguous(memory_format=torch.channels_last), w, None)
+    expected = torch.channels_last if capability >= (8, 0) else torch.contiguous_format
+    assert out.is_contiguous(memory_format=expected)
