@@ -39,7 +39,7 @@ def machine(device: str) -> dict:
             gpu_memory_gb=round(props.total_memory / 2**30, 1),
             cuda=torch.version.cuda,
             cudnn_allow_tf32=_conv_allows_tf32(),  # what the fused Triton kernel follows too
-            matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+            matmul_allow_tf32=_matmul_allows_tf32(),
         )
         try:
             import triton
@@ -60,8 +60,28 @@ def _conv_allows_tf32() -> bool:
     try:
         from simplecnn_kernels.triton_conv3x3_relu_maxpool2d import conv_allows_tf32
     except ImportError:  # no triton: the conv precision directly (the legacy flag may raise)
-        return torch.backends.cudnn.enabled and torch.backends.cudnn.conv.fp32_precision == "tf32"
+        cudnn = torch.backends.cudnn
+        return cudnn.enabled and _tf32_precision(
+            cudnn.conv.fp32_precision, cudnn.fp32_precision, torch.backends.fp32_precision
+        )
     return conv_allows_tf32()
+
+
+def _matmul_allows_tf32() -> bool:
+    """Whether float32 matmuls (cuBLAS) may use TF32: torch.backends.cuda.matmul.fp32_precision,
+    "none" deferring to the global precision. The legacy flag
+    torch.backends.cuda.matmul.allow_tf32 raises once the precision API was used, so it is read
+    only where that API is missing."""
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        return bool(matmul.allow_tf32)
+    return _tf32_precision(matmul.fp32_precision, torch.backends.fp32_precision)
+
+
+def _tf32_precision(*precisions: str) -> bool:
+    """Whether the first precision that is set ("none" defers to the next, more general one)
+    is "tf32"; all "none": full float32 ("ieee"), torch's default."""
+    return next((p for p in precisions if p != "none"), "ieee") == "tf32"
 
 
 def _cpu_model() -> str:

@@ -346,7 +346,10 @@ def print_table(result: dict) -> None:
             f"bandwidth, {info['copy_bandwidth_gbs']:.0f} GB/s."
         )
     if info.get("device") == "cuda":
-        print(f"cuDNN TF32 allowed: {info['cudnn_allow_tf32']}; timings with L2 flushed (cold).")
+        print(
+            f"TF32 allowed: cuDNN conv {info['cudnn_allow_tf32']}, cuBLAS matmul "
+            f"{info['matmul_allow_tf32']}."
+        )
     modes = list(result["rows"][0]["ms_by_mode"]) if result["rows"] else []
     if len(modes) > 1:
         print(
