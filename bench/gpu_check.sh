@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check: build against this machine's torch, the GPU test tier,
 # compute-sanitizer on the CUDA C++ and Triton kernels, the GPU benchmark; logs and results in
-# OUT_DIR, and a summary last (test counts and failures, failed steps, the speed tables).
+# OUT_DIR, and a summary last (failed steps, test counts and failures, the speed tables).
 # Nothing is downloaded or installed, the installed torch is never touched.
 #
 # Budget: 8 minutes, so that a 15-minute GPU window leaves room for one rerun. Every step has
@@ -9,11 +9,12 @@
 # limit, so pytest still writes its junit file, then SIGKILL at it), and the limits of the steps
 # below plus the summary's add up to 480 s (tests/test_gpu_check.py checks that they stay
 # within it). The step limits are guesses for one H100/H200 with 16 cores, never measured: the
-# build took 12 s per file on 2 CPU cores; the test tier compiles 220+ Triton kernels (~1 s each,
-# on 8 workers); each torch.compile max-autotune of the stock path takes tens of seconds, which
-# is why bench-target has most of the benchmark's time and the other bench steps compile nothing.
-# run.py and train_step.py write their JSON after every case, so a step that runs out of time
-# keeps what it measured.
+# build's longest file (the CUDA kernel, sm_90) took 12 s on this project's 2-core machine; the
+# test tier compiles 220+ Triton kernels (~1 s each, on 8 workers); each torch.compile
+# max-autotune of the stock path takes tens of seconds, which is why bench-target has most of
+# the benchmark's time and the other bench steps compile nothing. run.py writes its JSON after
+# every case, so a bench step that runs out of time keeps what it measured (train_step.py
+# writes at its end).
 #
 #   bench/gpu_check.sh OUT_DIR          (on the device machine: bench/gpu_check.sh "$OUT")
 #
