@@ -3,12 +3,14 @@ torchvision's VGG-11 and VGG-16-BN) against the stock path.
 
 For every device here (the CPU; a CUDA GPU when present) and every fused backend that runs on
 it, it checks the fused result against a float64 stock result, then times it side by side with
-the stock variants a user could pick: eager (NCHW), channels_last, ``torch.compile`` of the stock
-composition and, on the CPU, ``torch.compile`` of it in channels_last (input and weights or
+the stock variants a user could pick: eager (NCHW), channels_last, on a GPU eager with
+``torch.backends.cudnn.benchmark`` on, ``torch.compile`` of the stock composition (max-autotune
+on a GPU) and, on the CPU, ``torch.compile`` of it in channels_last (input and weights or
 model), over batch sizes, for the layer and for the whole model. On CPUs with AVX-512 it also
-times the fused op with its kernels held to AVX2 ("fused@avx2"). On the CPU every provider is
-timed both interleaved with the others and in a block of its own (measure.py); every speedup is
-the less favourable of the two, and "x best stock" compares with the fastest stock variant.
+times the fused op with its kernels held to AVX2 ("fused@avx2"). Every provider is timed two
+ways (measure.py): on the CPU interleaved with the others and in a block of its own, on a GPU
+with the L2 flushed (cold) and not (warm); every speedup is the less favourable of the two, and
+"x best stock" compares with the fastest stock variant of each way.
 It prints a table (median ms, speedups, GFLOP/s, % of peak, images/s) and writes
 bench/results/<name>.json (after every case, so an interrupted run keeps what it measured) and
 <name>.png.
@@ -125,6 +127,41 @@ def at_avx2(fn):
     return call
 
 
+def with_cudnn_benchmark(fn):
+    """`fn` with cuDNN's benchmark mode on (on a shape's first call it times the conv algorithms
+    and keeps the fastest), restored after each call so that the other providers run with
+    torch's setting."""
+
+    def call():
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            return fn()
+        finally:
+            torch.backends.cudnn.benchmark = before
+
+    return call
+
+
+def stock_variants(device: str, compile_mode: str, stock_call) -> dict:
+    """The stock variants a user could pick, by provider name. `stock_call(channels_last, mode)`
+    gives the stock path as a call without arguments: on NCHW or channels_last input (and
+    weights or model), eager (mode None) or ``torch.compile``d with that mode."""
+    providers = {
+        "stock eager": stock_call(False, None),
+        "stock channels_last": stock_call(True, None),
+    }
+    if device == "cuda":
+        providers["stock cudnn.benchmark"] = with_cudnn_benchmark(providers["stock eager"])
+    if compile_mode != "none":
+        providers[f"stock compiled ({compile_mode})"] = stock_call(False, compile_mode)
+        # CPU only: on the GPU each max-autotune compile takes much of bench/gpu_check.sh's time.
+        if device == "cpu":
+            cl_name = f"stock compiled channels_last ({compile_mode})"
+            providers[cl_name] = stock_call(True, compile_mode)
+    return providers
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref).abs().max() / ref.abs().max()).item()
 
@@ -142,17 +179,13 @@ def layer_case(device, dtype, case, batch, compile_mode):
     b = torch.randn(c_out, device=device, dtype=dtype)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     w_cl = w.contiguous(memory_format=torch.channels_last)
-    providers = {
-        "stock eager": lambda: stock(x, w, b),
-        "stock channels_last": lambda: stock(x_cl, w_cl, b),
-    }
-    if compile_mode != "none":
-        stock_compiled = compiled(stock, compile_mode)
-        providers[f"stock compiled ({compile_mode})"] = lambda: stock_compiled(x, w, b)
-        # CPU only: on the GPU each max-autotune compile takes much of bench/gpu_check.sh's time.
-        if device == "cpu":
-            cl_name = f"stock compiled channels_last ({compile_mode})"
-            providers[cl_name] = lambda: stock_compiled(x_cl, w_cl, b)
+
+    def stock_call(channels_last, mode):
+        fn = stock if mode is None else compiled(stock, mode)
+        args = (x_cl, w_cl, b) if channels_last else (x, w, b)
+        return lambda: fn(*args)
+
+    providers = stock_variants(device, compile_mode, stock_call)
     fused = {
         f"fused {backend}": lambda backend=backend: op(x, w, b, backend=backend)
         for backend in fused_backends(device, dtype)
@@ -185,17 +218,14 @@ def model_case(device, dtype, case, batch, compile_mode):
     ref_model = cls(device=device, dtype=torch.float64).eval()
     ref_model.load_state_dict(stock_model.state_dict())
     ref = ref_model(x.double())
-    providers = {
-        "stock eager": lambda: stock_model(x),
-        "stock channels_last": lambda: stock_cl(x_cl),
-    }
-    if compile_mode != "none":
-        stock_compiled = compiled(stock_model, compile_mode)
-        providers[f"stock compiled ({compile_mode})"] = lambda: stock_compiled(x)
-        if device == "cpu":  # as for the layers
-            stock_cl_compiled = compiled(stock_cl, compile_mode)
-            cl_name = f"stock compiled channels_last ({compile_mode})"
-            providers[cl_name] = lambda: stock_cl_compiled(x_cl)
+
+    def stock_call(channels_last, mode):
+        model, inp = (stock_cl, x_cl) if channels_last else (stock_model, x)
+        if mode is not None:
+            model = compiled(model, mode)
+        return lambda: model(inp)
+
+    providers = stock_variants(device, compile_mode, stock_call)
     errors = {}
     for backend in fused_backends(device, dtype):
         if cls is sk.SimpleCNN:
@@ -267,7 +297,7 @@ def run(args) -> None:
                     providers, errors, flops, moved = layer_case(
                         device, dtype, case, batch, compile_mode
                     )
-                modes = {"gpu": time_cuda(providers)} if device == "cuda" else time_cpu(providers)
+                modes = time_cuda(providers) if device == "cuda" else time_cpu(providers)
             result["rows"] += rows_for(info, case, dtype, batch, modes, errors, flops, moved)
             (args.out / f"{name}.json").write_text(json.dumps(result, indent=1))
             print(f" {time.perf_counter() - t0:.1f}s", file=sys.stderr)
@@ -282,7 +312,8 @@ def run(args) -> None:
 
 def rows_for(info, case, dtype, batch, modes, errors, flops, moved) -> list[dict]:
     """One row per provider; `modes`: timing mode -> provider -> median ms. "ms" is the first
-    mode's ("interleaved" on the CPU); every speedup is the less favourable of the modes."""
+    mode's ("interleaved" on the CPU, "cold" on a GPU); every speedup is the less favourable of
+    the modes."""
     first = next(iter(modes.values()))
     stocks = [p for p in first if p.startswith("stock")]
     stock_compiled = next((p for p in stocks if p.startswith("stock compiled")), None)
@@ -346,7 +377,10 @@ def print_table(result: dict) -> None:
             f"bandwidth, {info['copy_bandwidth_gbs']:.0f} GB/s."
         )
     if info.get("device") == "cuda":
-        print(f"cuDNN TF32 allowed: {info['cudnn_allow_tf32']}; timings with L2 flushed (cold).")
+        print(
+            f"TF32 allowed: cuDNN conv {info['cudnn_allow_tf32']}, cuBLAS matmul "
+            f"{info['matmul_allow_tf32']}."
+        )
     modes = list(result["rows"][0]["ms_by_mode"]) if result["rows"] else []
     if len(modes) > 1:
         print(

@@ -1,11 +1,12 @@
 """Training-step benchmark: FusedSimpleCNN against SimpleCNN, eager and ``torch.compile``d,
 forward + backward + SGD.
 
-Times full steps (on the CPU in one process, interleaved and each in a block of its own, see
-measure.py; every speedup is the less favourable of the two; CUDA events on a GPU) and measures
-memory at a given batch: the bytes autograd keeps for backward (each saved storage
-once, via saved-tensor hooks) and the peak memory training adds (on a GPU
-torch.cuda.max_memory_allocated around a step; on the CPU the profiler's memory timeline).
+Times full steps (on the CPU in one process, interleaved and each in a block of its own; on a
+GPU with the L2 flushed before each step and not; see measure.py; every speedup is the less
+favourable of the two) and measures memory at a given batch: the bytes autograd keeps for
+backward (each saved storage once, via saved-tensor hooks) and the peak memory training adds
+(on a GPU torch.cuda.max_memory_allocated around a step; on the CPU the profiler's memory
+timeline).
 Writes bench/results/train-<device>.json.
 
     python bench/train_step.py                       # CPU: time at 64, 256, 1024, memory at 1024
@@ -105,8 +106,8 @@ def run(args) -> None:
             torch._dynamo.reset()  # a fresh cache per batch: no recompile limit
             steps[COMPILED] = make_step(sk.SimpleCNN, batch, device, compile_mode)[2]
         steps["FusedSimpleCNN"] = make_step(sk.FusedSimpleCNN, batch, device)[2]
-        modes = {"gpu": time_cuda(steps)} if device == "cuda" else time_cpu(steps)
-        first = next(iter(modes.values()))  # "interleaved" on the CPU
+        modes = time_cuda(steps) if device == "cuda" else time_cpu(steps)
+        first = next(iter(modes.values()))  # "interleaved" on the CPU, "cold" on a GPU
         for name, ms in first.items():
             vs_compiled = speedup(modes, COMPILED, name) if COMPILED in first else None
             rows.append(
