@@ -2,6 +2,7 @@
 and the register allocation of its SIMD micro-kernels."""
 
 import itertools
+import math
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from checks import LAYOUTS
 from conftest import cpu_levels
 
@@ -490,3 +492,34 @@ def test_wide_layer_with_non_finite_weights(special):
     x, w, b = make_inputs(2, 32, 32, 16, 16)
     w[7, 3, 0, 2] = special
     assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"), x, w, b)
+
+
+@all_levels
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    ("algorithm", "shape"), [("direct", (2, 5, 9, 37)), ("implicit_gemm", (1, 20, 6, 6))], ids=str
+)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_half_storage_rounds_to_nearest_even(dtype, algorithm, shape, layout, level):
+    # An identity conv (centre tap 1 from channel c to c) and a bias: each conv value is x + b,
+    # exact in float32, rounded once to the dtype when stored. It must be torch's rounding of
+    # that sum bit for bit (to nearest even; x and b of one dtype often sum half-way between two
+    # of its values), through the level's conversions of input and output; +-Inf and NaN from
+    # the bias, float16's overflow past 65504.
+    n, c, h, w = shape
+    x = (torch.randn(n, c, h, w) * 100).to(dtype)
+    x[0, 0, 0, :3] = torch.tensor([65504.0, -65504.0, 65472.0]).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.zeros(c, c, 3, 3, dtype=dtype)
+    weight[range(c), range(c), 1, 1] = 1.0
+    bias = torch.randn(c).to(dtype)
+    bias[0], bias[1], bias[2], bias[3] = 30.0, math.inf, -math.inf, math.nan
+    assert _algorithm(x, weight) == algorithm
+    conv = (x.float() + bias.float()[:, None, None]).to(dtype).float()
+    for pool in (False, True):
+        expected = torch.relu(conv)
+        expected = (F.max_pool2d(expected, 2, 2) if pool else expected).to(dtype)
+        op = sk.conv3x3_relu_maxpool2d if pool else sk.conv3x3_relu2d
+        got = op(x, weight, bias, backend="cpu")
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)

@@ -195,7 +195,7 @@ class FusedBackward {
   // strips, add each channel's flowing gradient to bias_sums[co].
   void fill_image_strips(int64_t n, Workspace& ws, acc_t* bias_sums) {
     const int64_t plane = Ho_ * Wo_;
-    stage_rows<scalar_t, acc_t>(input_, n, -1, staged_rows(), g_.padded_w, ws.rows.data());
+    stage_rows<scalar_t, acc_t>(kernels_, input_, n, -1, staged_rows(), g_.padded_w, ws.rows.data());
     for (int64_t py = 0; py < Ho_; ++py) {
       IndexTarget target{ws.index.data(), plane, Wo_, py, storage_type<scalar_t>()};
       direct_row(g_, direct_, ws.rows.data() + 2 * py * g_.row_stride, packed_.data(),

@@ -40,7 +40,7 @@ class FusedForward {
         Ho_(pool ? out.size(2) : ceil_div(out.size(2), 2)),
         Wo_(pool ? out.size(3) : ceil_div(out.size(3), 2)),
         bias_(read_bias<scalar_t, acc_t>(bias, weight.size(0))),
-        target_(out, pool) {
+        target_(out, pool, kernels_) {
     algorithm_ = choose_algorithm<acc_t>(kernels_, input, weight);
     if (algorithm_ == Algorithm::kWinograd2x2 || algorithm_ == Algorithm::kWinograd4x4)
       transform_weights(weight);
@@ -60,8 +60,8 @@ class FusedForward {
   // float32 and float64 outputs with contiguous rows are written in place; other dtypes and
   // layouts go through a small tile that is converted and scattered.
   struct OutputTarget {
-    OutputTarget(const at::Tensor& out, bool pool)
-        : ptr(out.mutable_data_ptr<scalar_t>()), sN(out.stride(0)), sC(out.stride(1)),
+    OutputTarget(const at::Tensor& out, bool pool, const CpuKernels& k)
+        : k(k), ptr(out.mutable_data_ptr<scalar_t>()), sN(out.stride(0)), sC(out.stride(1)),
           sH(out.stride(2)), sW(out.stride(3)), H(out.size(2)), W(out.size(3)), pool(pool),
           in_place(std::is_same_v<scalar_t, acc_t> && sW == 1),
           // Outputs larger than the threads' L2 caches are streamed past them: the write then
@@ -99,11 +99,27 @@ class FusedForward {
       void finish(const ChunkArgs<acc_t>& args, int64_t co0, int cob, int64_t x) {
         if (out.in_place) return;
         scalar_t* dst = row + co0 * out.sC + column(x) * out.sW;
+        if (out.sW == 1) {  // NCHW: runs of columns
+          for (int j = 0; j < cob; ++j)
+            for (int r = 0; r < rows; ++r)
+              store_run(out.k, tile + j * kTileChannel + r * kTileRow, args.n_out,
+                        dst + j * out.sC + r * out.sH);
+          return;
+        }
+        // Else converted run by run (store_run: float16 / bfloat16 through the level's
+        // conversions), then written pixel by pixel: channels_last gets runs of channels.
+        scalar_t stored[kMaxCoBlock * 2 * kMaxChunkCols];
         for (int j = 0; j < cob; ++j)
-          for (int r = 0; r < rows; ++r)
-            for (int i = 0; i < args.n_out; ++i)
-              dst[j * out.sC + r * out.sH + i * out.sW] =
-                  static_cast<scalar_t>(tile[j * kTileChannel + r * kTileRow + i]);
+          for (int r = 0; r < rows; ++r) {
+            const int64_t at = j * kTileChannel + r * kTileRow;
+            store_run(out.k, tile + at, args.n_out, stored + at);
+          }
+        for (int r = 0; r < rows; ++r)
+          for (int i = 0; i < args.n_out; ++i) {
+            scalar_t* to = dst + r * out.sH + i * out.sW;
+            for (int j = 0; j < cob; ++j)
+              to[j * out.sC] = stored[j * kTileChannel + r * kTileRow + i];
+          }
       }
     };
     // Pooled row py (unpooled: conv rows 2 py and 2 py + 1) of image n.
@@ -118,6 +134,7 @@ class FusedForward {
                const float* values) const {
       if (y >= H || x >= W) return;
       scalar_t* dst = ptr + n * sN + y * sH + x * sW + co0 * sC;
+      if (sC == 1) return store_run(k, values, count, dst);
       for (int64_t j = 0; j < count; ++j) dst[j * sC] = static_cast<scalar_t>(values[j]);
     }
     // Channels [co0, co0 + count) of output row (n, y), every column x from values at(x)[j]
@@ -127,9 +144,20 @@ class FusedForward {
       if (y >= H) return;
       for (int64_t j = 0; j < count; ++j) {
         scalar_t* dst = ptr + n * sN + (co0 + j) * sC + y * sH;
-        for (int64_t x = 0; x < W; ++x) dst[x * sW] = static_cast<scalar_t>(at(x)[j]);
+        if (std::is_same_v<scalar_t, float> || sW != 1) {
+          for (int64_t x = 0; x < W; ++x) dst[x * sW] = static_cast<scalar_t>(at(x)[j]);
+          continue;
+        }
+        constexpr int64_t kLine = 64;  // float16 / bfloat16: gathered, then converted at once
+        float line[kLine];
+        for (int64_t x0 = 0; x0 < W; x0 += kLine) {
+          const int64_t m = std::min(kLine, W - x0);
+          for (int64_t x = 0; x < m; ++x) line[x] = at(x0 + x)[j];
+          store_run(k, line, m, dst + x0);
+        }
       }
     }
+    const CpuKernels& k;  // its conversions (staging.h: store_run)
     scalar_t* ptr;
     int64_t sN, sC, sH, sW, H, W;
     bool pool, in_place, stream;

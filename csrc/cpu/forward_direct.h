@@ -39,7 +39,7 @@ void FusedForward<scalar_t, acc_t>::run_direct() {
       const int64_t n = item / blocks_per_image;
       const int64_t py0 = (item % blocks_per_image) * block_rows;
       const int64_t py1 = std::min(Ho_, py0 + block_rows);
-      stage_rows<scalar_t, acc_t>(input_, n, 2 * py0 - 1, 2 * (py1 - py0) + 2,
+      stage_rows<scalar_t, acc_t>(kernels_, input_, n, 2 * py0 - 1, 2 * (py1 - py0) + 2,
                                   geometry_.padded_w, ws.scratch.data());
       for (int64_t py = py0; py < py1; ++py)
         direct_window_row(n, py, ws.scratch.data() + 2 * (py - py0) * row_stride, ws);

@@ -35,8 +35,7 @@ void FusedForward<scalar_t, acc_t>::pack_gemm_block(const at::Tensor& weight, in
       for (int64_t c0 = 0; c0 < n; c0 += kSlab) {
         const int64_t m = std::min(kSlab, n - c0);
         for (int64_t j = 0; j < kGemmCoBlock; ++j)
-          for (int64_t c = 0; c < m; ++c)
-            slab[j * kSlab + c] = static_cast<float>(from[j * s0 + c0 + c]);
+          load_run(kernels_, from + j * s0 + c0, m, slab + j * kSlab);
         kernels_.transpose(slab, kSlab, kGemmCoBlock, m, to + c0 * to_stride, to_stride);
       }
     }

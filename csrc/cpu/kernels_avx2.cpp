@@ -8,6 +8,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #pragma GCC push_options
@@ -17,6 +18,7 @@
 
 namespace simplecnn::cpu::avx2 {
 #include "backward_kernel.h"
+#include "convert_kernel.h"
 #include "direct_kernel.h"
 #include "implicit_gemm_kernel.h"
 #include "winograd_kernel.h"

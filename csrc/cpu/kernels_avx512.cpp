@@ -11,6 +11,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #pragma GCC push_options
@@ -20,6 +21,7 @@
 
 namespace simplecnn::cpu::avx512 {
 #include "backward_kernel.h"
+#include "convert_kernel.h"
 #include "direct_kernel.h"
 #include "implicit_gemm_kernel.h"
 #include "winograd_kernel.h"

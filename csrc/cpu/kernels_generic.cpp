@@ -3,6 +3,7 @@
 // loops).
 #include "kernel_table.h"
 
+#include <algorithm>
 #include <cstdint>
 
 #include "vec/generic.h"
@@ -10,6 +11,7 @@
 namespace simplecnn::cpu {
 namespace generic {
 #include "backward_kernel.h"
+#include "convert_kernel.h"
 #include "direct_kernel.h"
 #include "implicit_gemm_kernel.h"
 #include "winograd_kernel.h"

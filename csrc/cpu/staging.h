@@ -18,6 +18,35 @@ namespace simplecnn::cpu {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The index of float16 (0) and bfloat16 (1) in CpuKernels::to_float and from_float; -1 else.
+template <typename scalar_t>
+constexpr int half_index() {
+  if constexpr (std::is_same_v<scalar_t, at::Half>) return 0;
+  if constexpr (std::is_same_v<scalar_t, at::BFloat16>) return 1;
+  return -1;
+}
+
+// n values of `src` into `dst` as acc_t, and back (store_run): float16 and bfloat16 to float
+// through the level's vector conversions (this code is compiled for baseline x86-64, where
+// c10's float16 conversion is software: float16 seed layer N=256 2.70 -> 1.50 ms).
+template <typename scalar_t, typename acc_t>
+void load_run(const CpuKernels& k, const scalar_t* src, int64_t n, acc_t* dst) {
+  if constexpr (half_index<scalar_t>() >= 0 && std::is_same_v<acc_t, float>) {
+    k.to_float[half_index<scalar_t>()](reinterpret_cast<const uint16_t*>(src), n, dst);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<acc_t>(src[i]);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void store_run(const CpuKernels& k, const acc_t* src, int64_t n, scalar_t* dst) {
+  if constexpr (half_index<scalar_t>() >= 0 && std::is_same_v<acc_t, float>) {
+    k.from_float[half_index<scalar_t>()](src, n, reinterpret_cast<uint16_t*>(dst));
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+  }
+}
+
 // True when no value of the n values at `data` has its exponent bits (`mask`) all set: no Inf,
 // no NaN. One pass, which GCC vectorizes.
 template <typename bits_t>
@@ -71,12 +100,29 @@ struct DirectGeometry {
 // [row][channel][column] with column c holding input column c - 1: zeros at c = 0, past the
 // right edge and in rows outside the image, so the micro-kernels never test a border.
 template <typename scalar_t, typename acc_t>
-void stage_rows(const at::Tensor& input, int64_t n, int64_t y0, int64_t rows, int64_t padded_w,
-                acc_t* scratch) {
+void stage_rows(const CpuKernels& k, const at::Tensor& input, int64_t n, int64_t y0, int64_t rows,
+                int64_t padded_w, acc_t* scratch) {
   const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t sN = input.stride(0), sC = input.stride(1), sH = input.stride(2),
                 sW = input.stride(3);
   const scalar_t* base = input.const_data_ptr<scalar_t>() + n * sN;
+  if (half_index<scalar_t>() >= 0 && sC == 1 && sW == C) {
+    // float16 / bfloat16 channels_last: each row converted at once (load_run), then split by
+    // channel.
+    std::vector<acc_t> pixels(W * C);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t y = y0 + r;
+      const bool inside = y >= 0 && y < H;
+      if (inside) load_run(k, base + y * sH, W * C, pixels.data());
+      for (int64_t c = 0; c < C; ++c) {
+        acc_t* dst = scratch + (r * C + c) * padded_w;
+        std::fill(dst, dst + padded_w, acc_t(0));
+        if (inside)
+          for (int64_t x = 0; x < W; ++x) dst[1 + x] = pixels[x * C + c];
+      }
+    }
+    return;
+  }
   // Channel by channel: an NCHW channel's rows are one contiguous run, which the hardware
   // prefetcher follows; row by row across channels it reads 2 cache lines per page and stalls.
   for (int64_t c = 0; c < C; ++c) {
@@ -90,7 +136,7 @@ void stage_rows(const at::Tensor& input, int64_t n, int64_t y0, int64_t rows, in
       const scalar_t* src = base + c * sC + y * sH;
       dst[0] = acc_t(0);
       if (sW == 1) {
-        for (int64_t x = 0; x < W; ++x) dst[1 + x] = static_cast<acc_t>(src[x]);
+        load_run(k, src, W, dst + 1);
       } else {
         for (int64_t x = 0; x < W; ++x) dst[1 + x] = static_cast<acc_t>(src[x * sW]);
       }
@@ -191,7 +237,7 @@ void stage_rows_channels_last(const CpuKernels& k, const at::Tensor& input, int6
       for (int64_t x = 0; x < W; ++x) {
         const scalar_t* src = base + y * sH + x * sW;
         float* dst = scratch + ((y - y0) * cols + 1 + x) * ci_padded;
-        for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<float>(src[c]);
+        load_run(k, src, C, dst);
       }
     return;
   }
@@ -209,8 +255,7 @@ void stage_rows_channels_last(const CpuKernels& k, const at::Tensor& input, int6
           for (int64_t x0 = 0; x0 < W; x0 += kSlabCols) {
             const int64_t m = std::min(kSlabRows, C - c0), n = std::min(kSlabCols, W - x0);
             for (int64_t r = 0; r < m; ++r)
-              for (int64_t x = 0; x < n; ++x)
-                slab[r * kSlabCols + x] = static_cast<float>(base[(c0 + r) * sC + y * sH + x0 + x]);
+              load_run(k, base + (c0 + r) * sC + y * sH + x0, n, slab + r * kSlabCols);
             k.transpose(slab, kSlabCols, m, n, dst + x0 * ci_padded + c0, ci_padded);
           }
       }

@@ -69,6 +69,24 @@ struct Vec<float> {
     }
     return v;
   }
+  // As in vec/avx512.h: float16 / bfloat16 bits as lanes and back, to nearest even.
+  static V load_16bit(const uint16_t* p, StorageType storage) {
+    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if (storage == StorageType::kHalf) return _mm256_cvtph_ps(bits);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+  }
+  static void store_16bit(uint16_t* p, V v, StorageType storage) {
+    __m128i bits;
+    if (storage == StorageType::kHalf) {
+      bits = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {  // the upper halves of the rounded values, packed (they are <= 0xffff: no saturation)
+      const V quiet_nan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000));
+      const __m256i words =
+          _mm256_srli_epi32(_mm256_castps_si256(select(is_nan(v), quiet_nan, round_to(v, storage))), 16);
+      bits = _mm_packus_epi32(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), bits);
+  }
   static float sum(V v) {  // of the lanes
     const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));

@@ -69,6 +69,24 @@ struct Vec<float> {
     }
     return v;
   }
+  // size float16 / bfloat16 values (their bits) as lanes, and lanes stored as them, rounded
+  // to nearest even as c10's conversions do; NaN stays NaN (bfloat16: c10's quiet NaN 0x7fc0).
+  static V load_16bit(const uint16_t* p, StorageType storage) {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    if (storage == StorageType::kHalf) return _mm512_cvtph_ps(bits);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  }
+  static void store_16bit(uint16_t* p, V v, StorageType storage) {
+    __m256i bits;
+    if (storage == StorageType::kHalf) {
+      bits = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {
+      const __m512i rounded = _mm512_mask_mov_epi32(_mm512_castps_si512(round_to(v, storage)),
+                                                    is_nan(v), _mm512_set1_epi32(0x7fc00000));
+      bits = _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bits);
+  }
   static float sum(V v) { return _mm512_reduce_add_ps(v); }  // of the lanes
   static bool any_nan(V v) { return is_nan(v) != 0; }
   static Mask greater(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }

@@ -67,6 +67,20 @@ struct Vec {
     if (storage == StorageType::kBFloat16) return as(c10::BFloat16());
     return v;
   }
+  // As in vec/avx512.h: float16 / bfloat16 bits as lanes and back, by c10's conversions.
+  static V load_16bit(const uint16_t* p, StorageType storage) {
+    return map([&](int i) {
+      return T(storage == StorageType::kHalf
+                   ? static_cast<float>(c10::Half(p[i], c10::Half::from_bits()))
+                   : static_cast<float>(c10::BFloat16(p[i], c10::BFloat16::from_bits())));
+    });
+  }
+  static void store_16bit(uint16_t* p, V v, StorageType storage) {
+    for (int i = 0; i < size; ++i) {
+      const float x = static_cast<float>(v.lane[i]);
+      p[i] = storage == StorageType::kHalf ? c10::Half(x).x : c10::BFloat16(x).x;
+    }
+  }
   static T sum(V v) {  // of the lanes
     T total = 0;
     for (int i = 0; i < size; ++i) total += v.lane[i];

@@ -1,0 +1,36 @@
+// Runs of float16 / bfloat16 values (their bits) to float and back, rounded to nearest even as
+// c10's conversions do, over the vector layer: the drivers' staging and stores of those dtypes
+// (kernel_table.h: CpuKernels::to_float, from_float). The drivers are compiled for baseline
+// x86-64, where c10's scalar float16 conversions are software (no F16C).
+// Included by kernels_*.cpp inside their ISA's namespace, after the vector layer.
+#pragma once
+
+namespace convert {
+
+template <StorageType S>
+void to_float(const uint16_t* src, int64_t n, float* dst) {
+  using VF = Vec<float>;
+  int64_t i = 0;
+  for (; i + VF::size <= n; i += VF::size) VF::store(dst + i, VF::load_16bit(src + i, S));
+  if (i < n) {  // the tail through a zero-padded vector
+    uint16_t tail[VF::size] = {};
+    std::copy(src + i, src + n, tail);
+    VF::store_first(dst + i, VF::load_16bit(tail, S), static_cast<int>(n - i));
+  }
+}
+
+template <StorageType S>
+void from_float(const float* src, int64_t n, uint16_t* dst) {
+  using VF = Vec<float>;
+  int64_t i = 0;
+  for (; i + VF::size <= n; i += VF::size) VF::store_16bit(dst + i, VF::load(src + i), S);
+  if (i < n) {
+    float tail[VF::size] = {};
+    uint16_t stored[VF::size];
+    std::copy(src + i, src + n, tail);
+    VF::store_16bit(stored, VF::load(tail), S);
+    std::copy(stored, stored + (n - i), dst + i);
+  }
+}
+
+}  // namespace convert
