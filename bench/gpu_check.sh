@@ -4,7 +4,9 @@
 # OUT_DIR, and a summary last (failed steps, test counts and failures, the speed tables).
 # Nothing is downloaded or installed, the installed torch is never touched.
 #
-# Budget: 8 minutes, so that a 15-minute GPU window leaves room for one rerun. Every step has
+# Budget: 8 minutes, so that a 15-minute GPU window (of which the machine's start takes 1-2)
+# leaves room to rerun what failed: `bench/gpu_check.sh OUT_DIR STEP...` runs the machine and
+# build steps and the named ones only (a fresh machine keeps nothing). Every step has
 # its own time limit (a slow step cannot take the rest with it; each gets SIGINT 5 s before its
 # limit, so pytest still writes its junit file, then SIGKILL at it), and the limits of the steps
 # below plus the summary's add up to 480 s (tests/test_gpu_check.py checks that they stay
@@ -16,14 +18,15 @@
 # every case, so a bench step that runs out of time keeps what it measured (train_step.py
 # writes at its end).
 #
-#   bench/gpu_check.sh OUT_DIR          (on the device machine: bench/gpu_check.sh "$OUT")
+#   bench/gpu_check.sh OUT_DIR [STEP...]    (on the device machine: bench/gpu_check.sh "$OUT")
 #
 # OUT_DIR gets: log.txt (every step's output), junit.xml (the test tier, every test's outcome),
 # summary.md (what is printed last), cuda-target.json (batch 4096 vs the stock variants, among
 # them torch.compile max-autotune), cuda-sweep.json, cuda-models.json, train-cuda.json (training
 # steps and memory). Charts are not kept: the device tool returns at most 8 files.
 set -uo pipefail
-out=${1:?usage: bench/gpu_check.sh OUT_DIR}
+out=${1:?usage: bench/gpu_check.sh OUT_DIR [STEP...]}
+only=" ${*:2} "  # the steps to run; blank: all
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
@@ -36,6 +39,9 @@ failed=()
 step() {
   local name=$1 limit=$2
   shift 2
+  if [ "$only" != "  " ] && [[ "$only" != *" $name "* ]] && [[ " machine build " != *" $name "* ]]; then
+    return
+  fi
   echo "== $(date +%T) $name (limit ${limit}s)" | tee -a "$log"
   timeout --signal=INT --kill-after=5 "$((limit - 5))" "$@" >>"$log" 2>&1
   local rc=$?
@@ -43,7 +49,7 @@ step() {
   [ "$rc" -eq 0 ] || failed+=("$name")
 }
 
-step machine 10 bash -c 'nvidia-smi && nvcc --version | tail -2 && "$0" -c "$1"' "$PY" \
+step machine 10 bash -c 'nvidia-smi; nvcc --version | tail -2; "$0" -c "$1"' "$PY" \
   "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda,
   'triton', triton.__version__, torch.cuda.get_device_name())"
 
@@ -55,9 +61,10 @@ step build 60 $PY setup.py build_ext --inplace
 
 # GPU test tier: every GPU backend against stock (values, layouts, NaN/Inf, gradients), CUDA
 # graphs, determinism, the Triton tests on the GPU; the CPU-only tests ran in CI. Not -x: one
-# run shows every failure (junit.xml). 8 workers: the tests are light on the GPU and the time
-# goes to Triton compiles on the CPU. Autotuning off: the tier compiles dozens of shapes.
-step tests 140 env SIMPLECNN_TRITON_AUTOTUNE=0 $PY -m pytest tests -q -m "not slow" \
+# run shows every failure (junit.xml). 8 workers of 2 CPU threads each (the float64 references
+# run on the CPU): the tests are light on the GPU and the time goes to Triton compiles on the
+# CPU. Autotuning off: the tier compiles dozens of shapes.
+step tests 130 env SIMPLECNN_TRITON_AUTOTUNE=0 OMP_NUM_THREADS=2 $PY -m pytest tests -q -m "not slow" \
   -p no:cacheprovider -n 8 --tb=short --junitxml="$out/junit.xml" -k "cuda or gpu or triton"
 
 # compute-sanitizer on the project's kernels only (--kernel-name: the CUDA C++ kernel, Triton's
@@ -67,8 +74,11 @@ step tests 140 env SIMPLECNN_TRITON_AUTOTUNE=0 $PY -m pytest tests -q -m "not sl
 sanitizer=(env PYTORCH_NO_CUDA_MEMORY_CACHING=1 SIMPLECNN_TRITON_AUTOTUNE=0
   compute-sanitizer --error-exitcode 1 --kernel-name kns=fused_forward_kernel
   --kernel-name kns=_dot_kernel --kernel-name kns=_fma_kernel)
-step memcheck 40 "${sanitizer[@]}" --tool memcheck $PY bench/sanitize_case.py cuda triton
-step racecheck 40 "${sanitizer[@]}" --tool racecheck $PY bench/sanitize_case.py cuda triton
+# First without the sanitizer: the cases' values, and their Triton kernels compiled into the
+# disk cache (the tier compiles other specializations), which the sanitized runs then load.
+step sanitize-warmup 20 env SIMPLECNN_TRITON_AUTOTUNE=0 $PY bench/sanitize_case.py cuda triton
+step memcheck 35 "${sanitizer[@]}" --tool memcheck $PY bench/sanitize_case.py cuda triton
+step racecheck 35 "${sanitizer[@]}" --tool racecheck $PY bench/sanitize_case.py cuda triton
 
 # The issue's targets: batch 4096, fp32 and bf16, against every stock variant (eager,
 # channels_last, cudnn.benchmark, torch.compile max-autotune: two max-autotune compiles).

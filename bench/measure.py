@@ -13,6 +13,7 @@ Where triton is missing only "warm" is timed.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import platform
 import shutil
@@ -23,6 +24,8 @@ import time
 from collections.abc import Callable
 
 import torch
+
+from simplecnn_kernels.ops import conv_allows_tf32
 
 
 def machine(device: str) -> dict:
@@ -41,7 +44,7 @@ def machine(device: str) -> dict:
             gpu=props.name,
             gpu_memory_gb=round(props.total_memory / 2**30, 1),
             cuda=torch.version.cuda,
-            cudnn_allow_tf32=_conv_allows_tf32(),  # what the fused Triton kernel follows too
+            cudnn_allow_tf32=conv_allows_tf32(),  # what the fused Triton kernel follows too
             matmul_allow_tf32=_matmul_allows_tf32(),
         )
         try:
@@ -57,17 +60,6 @@ def machine_label(info: dict) -> str:
     if info["device"] == "cuda":
         return f"{info['gpu']} (torch {info['torch']})"
     return f"{info['cpu']}, {info['threads']} threads (torch {info['torch']})"
-
-
-def _conv_allows_tf32() -> bool:
-    try:
-        from simplecnn_kernels.triton_conv3x3_relu_maxpool2d import conv_allows_tf32
-    except ImportError:  # no triton: the conv precision directly (the legacy flag may raise)
-        cudnn = torch.backends.cudnn
-        return cudnn.enabled and _tf32_precision(
-            cudnn.conv.fp32_precision, cudnn.fp32_precision, torch.backends.fp32_precision
-        )
-    return conv_allows_tf32()
 
 
 def _matmul_allows_tf32() -> bool:
@@ -146,13 +138,31 @@ def time_cuda(fns: dict[str, Callable[[], object]]) -> dict[str, dict[str, float
     try:
         from triton.testing import do_bench
     except ImportError:
-        return {"warm": {name: _time_cuda_warm(fn) for name, fn in fns.items()}}
+        return {"warm": {name: _timed(_time_cuda_warm, fn) for name, fn in fns.items()}}
+
+    def cold(fn):
+        return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
     return {
-        "cold": {
-            name: do_bench(fn, warmup=25, rep=100, return_mode="median") for name, fn in fns.items()
-        },
-        "warm": {name: _time_cuda_warm(fn) for name, fn in fns.items()},
+        "cold": {name: _timed(cold, fn) for name, fn in fns.items()},
+        "warm": {name: _timed(_time_cuda_warm, fn) for name, fn in fns.items()},
     }
+
+
+def on_own_thread(fn: Callable[[], object]) -> Callable[[], object]:
+    """Marks `fn` to be timed on a fresh thread of its own (time_cuda), for what ATen keeps per
+    thread: its cuDNN plans, cached without the benchmark flag in their key, so that a call
+    with torch.backends.cudnn.benchmark on would reuse the plan another provider's calls cached
+    on the timing thread instead of benchmarking."""
+    fn.own_thread = True
+    return fn
+
+
+def _timed(timer: Callable[[Callable[[], object]], float], fn: Callable[[], object]) -> float:
+    if not getattr(fn, "own_thread", False):
+        return timer(fn)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(timer, fn).result()
 
 
 def _time_cuda_warm(

@@ -34,6 +34,7 @@ from measure import (
     cpu_fma_peak_gflops,
     machine,
     machine_label,
+    on_own_thread,
     speedup,
     time_cpu,
     time_cuda,
@@ -130,7 +131,7 @@ def at_avx2(fn):
 def with_cudnn_benchmark(fn):
     """`fn` with cuDNN's benchmark mode on (on a shape's first call it times the conv algorithms
     and keeps the fastest), restored after each call so that the other providers run with
-    torch's setting."""
+    torch's setting; timed on a thread of its own (measure.on_own_thread says why)."""
 
     def call():
         before = torch.backends.cudnn.benchmark
@@ -140,7 +141,7 @@ def with_cudnn_benchmark(fn):
         finally:
             torch.backends.cudnn.benchmark = before
 
-    return call
+    return on_own_thread(call)
 
 
 def stock_variants(device: str, compile_mode: str, stock_call) -> dict:
@@ -299,7 +300,10 @@ def run(args) -> None:
                     )
                 modes = time_cuda(providers) if device == "cuda" else time_cpu(providers)
             result["rows"] += rows_for(info, case, dtype, batch, modes, errors, flops, moved)
-            (args.out / f"{name}.json").write_text(json.dumps(result, indent=1))
+            # Replaced whole: a step killed mid-write (bench/gpu_check.sh) keeps the last one.
+            partial = args.out / f"{name}.json.partial"
+            partial.write_text(json.dumps(result, indent=1))
+            partial.replace(args.out / f"{name}.json")
             print(f" {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         print_table(result)
         plot(result, args.out / f"{name}.png")

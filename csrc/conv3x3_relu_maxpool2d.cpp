@@ -70,7 +70,8 @@ bool stock_conv_uses_cudnn(const at::Tensor& input) {
   const auto& hooks = at::detail::getCUDAHooks();
   if (!input.is_cuda() || !at::globalContext().userEnabledCuDNN() || !hooks.compiledWithCuDNN())
     return false;
-  // ATen's own rule (Convolution.cpp, use_cudnn): cuDNN takes bfloat16 convs from sm_80 on.
+  // ATen's rule (Convolution.cpp, use_cudnn): cuDNN takes bfloat16 convs from sm_80 on (its
+  // debug switch TORCH_CUDNN_V8_API_DISABLED is not followed).
   return input.scalar_type() != at::kBFloat16 || hooks.supportsBFloat16ConvolutionWithCuDNNv8();
 }
 

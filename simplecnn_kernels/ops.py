@@ -334,8 +334,9 @@ def _forward_unpooled(
 
 def stock_conv_uses_cudnn(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the stock conv on tensors of this device and dtype is cuDNN's (CUDA, cuDNN
-    present and enabled; bfloat16 only from sm_80 on, as ATen's use_cudnn decides), whose output
-    layout and rounding the kernels follow there. The C++ twin is stock_conv_uses_cudnn in
+    present and enabled; bfloat16 only on a GPU of sm_80 on, as ATen's use_cudnn decides, whose
+    debug switch TORCH_CUDNN_V8_API_DISABLED is not followed), whose output layout and rounding
+    the kernels follow there. The C++ twin is stock_conv_uses_cudnn in
     csrc/conv3x3_relu_maxpool2d.cpp."""
     if not (
         device.type == "cuda"
@@ -343,7 +344,33 @@ def stock_conv_uses_cudnn(device: torch.device, dtype: torch.dtype) -> bool:
         and torch.backends.cudnn.is_available()
     ):
         return False
-    return dtype != torch.bfloat16 or torch.cuda.get_device_capability(device)[0] >= 8
+    if dtype != torch.bfloat16:
+        return True
+    # Without a GPU (fake CUDA tensors) stock's own fake conv takes bfloat16 as not cuDNN's.
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def conv_allows_tf32() -> bool:
+    """Whether torch's settings let the stock CUDA conv compute float32 in TF32: cuDNN enabled
+    (without it the conv runs on cuBLAS GEMMs, TF32 only if the matmul precision allows it;
+    the kernels then keep full float32, never less precise) and its conv precision "tf32", where
+    "none" defers to cuDNN's, then to the global one (torch.backends.cudnn.conv.fp32_precision,
+    torch.backends.cudnn.fp32_precision, torch.backends.fp32_precision). The legacy flag
+    torch.backends.cudnn.allow_tf32 sets the conv precision too ("tf32" or "none"); reading it
+    raises once the two APIs are mixed, so it is read only where the new API is missing."""
+    if not torch.backends.cudnn.enabled:
+        return False
+    cudnn = torch.backends.cudnn
+    if not hasattr(cudnn, "conv"):  # torch without the precision API
+        return bool(cudnn.allow_tf32)
+    for precision in (
+        cudnn.conv.fp32_precision,
+        cudnn.fp32_precision,
+        torch.backends.fp32_precision,
+    ):
+        if precision != "none":
+            return precision == "tf32"
+    return False
 
 
 def output_memory_format(input: Tensor, weight: Tensor) -> torch.memory_format:

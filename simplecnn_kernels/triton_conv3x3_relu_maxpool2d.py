@@ -41,6 +41,13 @@ import torch
 import triton
 import triton.language as tl
 
+from .ops import (
+    conv_allows_tf32,
+    conv_grad_memory_format,
+    output_memory_format,
+    stock_conv_uses_cudnn,
+)
+
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _NAN = tl.constexpr(tl.PropagateNan.ALL)  # jit code may only read constexpr globals
 
@@ -367,9 +374,9 @@ def _autotuner(key: tuple[str, str]):
     return triton.autotune(CONFIGS[key], key=_AUTOTUNE_KEY)(_JIT[key[0]])
 
 
-# The config autotuning chose per (kernel, epilogue) and shape, for launches inside a CUDA graph
-# capture (_launcher).
-_TUNED: dict[tuple, triton.Config] = {}
+# The (kernel, epilogue) and autotune key values autotuning has seen: inside a CUDA graph capture
+# (_launcher) only these may go through the autotuner, which then takes its cached config.
+_TUNED: set[tuple] = set()
 
 
 def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -383,29 +390,6 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
             return None
         return "on CPU tensors it needs the Triton interpreter (TRITON_INTERPRET=1 before import)"
     return f"it runs on CUDA tensors, not {device.type}"
-
-
-def conv_allows_tf32() -> bool:
-    """Whether torch's settings let the stock CUDA conv compute float32 in TF32: cuDNN enabled
-    (without it the conv runs on cuBLAS GEMMs, TF32 only if the matmul precision allows it;
-    the kernels then keep full float32, never less precise) and its conv precision "tf32", where
-    "none" defers to cuDNN's, then to the global one (torch.backends.cudnn.conv.fp32_precision,
-    torch.backends.cudnn.fp32_precision, torch.backends.fp32_precision). The legacy flag
-    torch.backends.cudnn.allow_tf32 sets the conv precision too ("tf32" or "none"); reading it
-    raises once the two APIs are mixed, so it is read only where the new API is missing."""
-    if not torch.backends.cudnn.enabled:
-        return False
-    cudnn = torch.backends.cudnn
-    if not hasattr(cudnn, "conv"):  # torch without the precision API
-        return bool(cudnn.allow_tf32)
-    for precision in (
-        cudnn.conv.fp32_precision,
-        cudnn.fp32_precision,
-        torch.backends.fp32_precision,
-    ):
-        if precision != "none":
-            return precision == "tf32"
-    return False
 
 
 def choose_kernel(input: torch.Tensor, out: torch.Tensor) -> str:
@@ -429,8 +413,6 @@ def forward(
     """The fused op on a 4-D input (checked by the op): conv3x3_relu_maxpool2d, or with `pool`
     False conv3x3_relu2d. `kernel` ("dot" or "fma") overrides `choose_kernel` and `config` (one
     of CONFIGS) autotuning, for tests and benchmarks."""
-    from .ops import output_memory_format
-
     n, _, h, w = input.shape
     out = torch.empty(
         (n, weight.shape[0], h // 2, w // 2) if pool else (n, weight.shape[0], h, w),
@@ -452,8 +434,6 @@ def conv_grad(
     """The gradient of the conv output (before bias and ReLU), full-size, given the pooled
     output's gradient: the forward recomputed, routed as the stock max-pool + ReLU route it.
     `kernel` and `config` as for forward."""
-    from .ops import conv_grad_memory_format
-
     n, _, h, w = input.shape
     out = torch.empty(
         (n, weight.shape[0], h, w),
@@ -472,30 +452,24 @@ def _conv_rounds_before_bias(device: torch.device, dtype: torch.dtype) -> bool:
     follows (two roundings in float16 and bfloat16: a float16 sum >= 65520 is Inf there whatever
     the bias); without cuDNN, and on the CPU with oneDNN, the bias is inside (one). The kernels
     round as stock does: the forward's values, and the values the conv gradient routes by."""
-    from .ops import stock_conv_uses_cudnn
-
     return stock_conv_uses_cudnn(device, dtype)
 
 
-def _config_meta(config: triton.Config) -> dict:
-    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
-
-
-def _launcher(key: tuple[str, str], shape: tuple, config: triton.Config | None):
+def _launcher(key: tuple[str, str], tuning_key: tuple, config: triton.Config | None):
     """What runs a launch and the meta-parameters it takes: the kernel with `config`, with the
     interpreter's or the first config (autotuning off), or the autotuner (`{}`), except inside a
     CUDA graph capture, where autotuning's benchmark (it synchronizes) would break the capture:
-    there the config tuned for this shape before, else the first. `key`: (kernel, epilogue)."""
+    there the autotuner only for keys it has tuned (it launches its cached config), else the
+    first config. `key`: (kernel, epilogue); `tuning_key`: the autotune key's values."""
     kernel = key[0]
-    if config is not None:
-        return _JIT[kernel], _config_meta(config)
-    if INTERPRETED:
+    if config is None and INTERPRETED:
         return _JIT[kernel], dict(_INTERPRETER_META[kernel])
-    if not _AUTOTUNE:
-        return _JIT[kernel], _config_meta(CONFIGS[key][0])
-    if torch.cuda.is_current_stream_capturing():
-        return _JIT[kernel], _config_meta(_TUNED.get((key, shape), CONFIGS[key][0]))
-    return _autotuner(key), {}
+    if config is None and _AUTOTUNE:
+        if not torch.cuda.is_current_stream_capturing() or (key, tuning_key) in _TUNED:
+            return _autotuner(key), {}
+        config = CONFIGS[key][0]
+    # all_kwargs, as the autotuner launches: Triton caches compiled kernels by these options.
+    return _JIT[kernel], (config or CONFIGS[key][0]).all_kwargs()
 
 
 def _launch(input, weight, bias, out, grad_output, kernel, pool=True, config=None):
@@ -507,7 +481,8 @@ def _launch(input, weight, bias, out, grad_output, kernel, pool=True, config=Non
         return out
     kernel = kernel or choose_kernel(input, out)
     epilogue = "conv_grad" if grad_output is not None else "pooled" if pool else "unpooled"
-    key, shape = (kernel, epilogue), (c_in, c_out, ho, wo, triton.next_power_of_2(n), input.dtype)
+    key = (kernel, epilogue)
+    tuning_key = (c_in, c_out, ho, wo, triton.next_power_of_2(n), input.dtype)  # _AUTOTUNE_KEY's
 
     def grid(m):
         return (n * triton.cdiv(ho * wo, m["BLOCK_P"]), triton.cdiv(c_out, m["BLOCK_CO"]))
@@ -515,7 +490,7 @@ def _launch(input, weight, bias, out, grad_output, kernel, pool=True, config=Non
     b = bias if bias is not None else out  # never read without HAS_BIAS
     g = grad_output if grad_output is not None else out  # never read in the forward
     with torch.cuda.device(input.device) if input.is_cuda else contextlib.nullcontext():
-        launcher, meta = _launcher(key, shape, config)
+        launcher, meta = _launcher(key, tuning_key, config)
         launcher[grid](
             input, weight, b, out,
             c_in, h, w, c_out, ho, wo,
@@ -533,5 +508,5 @@ def _launch(input, weight, bias, out, grad_output, kernel, pool=True, config=Non
             **meta,
         )  # fmt: skip
         if launcher is not _JIT[kernel]:
-            _TUNED[(key, shape)] = launcher.best_config
+            _TUNED.add((key, tuning_key))
     return out

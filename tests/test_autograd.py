@@ -26,15 +26,20 @@ def _stock_grads(x, w, b, grad_out, mask=(True, True, True)):
     return tuple(None if t is None else t.grad for t in (x, w, b))
 
 
-def _float64_grads(x, w, b, grad_out, stock_fn=stock):
-    """Stock's gradients in float64 on the CPU (direct sums: checks.reference says why), in the
-    dtype and on the device of `x`: the reference for non-finite values."""
-    grads = _grads(
-        stock_fn,
-        *(None if t is None else t.double().cpu() for t in (x, w, b)),
-        grad_out.double().cpu(),
-    )
-    return tuple(None if g is None else g.to(x.dtype).to(x.device) for g in grads)
+def _nonfinite_reference_grads(x, w, b, grad_out, pool=True):
+    """Stock's gradients for inputs with non-finite values (`pool` False: conv3x3_relu2d's), in
+    the dtype and on the device of `x`. On the CPU: in float64 (checks.reference: direct sums).
+    On CUDA the gradient of the conv output routed so, then the library's conv backward on the
+    device, as the op's backward takes it (cuDNN's sums may turn an Inf into NaN elsewhere)."""
+    x64, w64, b64 = (None if t is None else t.double().cpu() for t in (x, w, b))
+    if not x.is_cuda:
+        grads = _grads(stock if pool else _stock_unpooled, x64, w64, b64, grad_out.double())
+        return tuple(None if g is None else g.to(x.dtype) for g in grads)
+    conv = F.conv2d(x64, w64, b64, padding=1).requires_grad_()
+    activated = torch.relu(conv)
+    (F.max_pool2d(activated, 2, 2) if pool else activated).backward(grad_out.double().cpu())
+    grad_conv = conv.grad.to(device=x.device, dtype=x.dtype)
+    return sk.ops._conv_backward(grad_conv, x, w, b, [True, True, b is not None])
 
 
 def _fused_grads(x, w, b, grad_out, backend, mask=(True, True, True)):
@@ -127,7 +132,7 @@ def test_nan_and_inf_route_the_gradient_as_stock(device, backend, c_in):
         x, w, b = x.float(), w.float(), b.float()
     grad_out = torch.randn_like(stock(x, w, b))
     ours = _fused_grads(x, w, b, grad_out, backend)
-    _assert_grads_close(ours, _float64_grads(x, w, b, grad_out), x.dtype)
+    _assert_grads_close(ours, _nonfinite_reference_grads(x, w, b, grad_out), x.dtype)
 
 
 @pytest.mark.parametrize("device,backend", device_backends())
@@ -158,7 +163,7 @@ def test_infinities_at_the_edges_give_the_stock_nan_pattern(device, backend, sha
         x[0, 0, y, col] = math.inf
     grad_out = torch.randn_like(stock(x, w, b))
     ours = _fused_grads(x, w, b, grad_out, backend)
-    _assert_grads_close(ours, _float64_grads(x, w, b, grad_out), dtype)
+    _assert_grads_close(ours, _nonfinite_reference_grads(x, w, b, grad_out), dtype)
 
 
 @pytest.mark.parametrize("level", cpu_levels())
@@ -302,7 +307,7 @@ def test_unpooled_nan_and_inf_route_the_gradient_as_stock(device, backend):
     x[0, 1, 2, 3], x[1, 0, 4, 4], x[1, 2, 0, 9] = math.nan, math.inf, -math.inf
     grad_out = torch.randn(2, 5, 9, 10, device=device)
     ours = _grads(lambda *a: sk.conv3x3_relu2d(*a, backend=backend), x, w, b, grad_out)
-    expected = _float64_grads(x, w, b, grad_out, _stock_unpooled)
+    expected = _nonfinite_reference_grads(x, w, b, grad_out, pool=False)
     _assert_grads_close(ours, expected, torch.float32)
 
 

@@ -71,8 +71,12 @@ def test_cuda_graph_capture_with_autotuning(monkeypatch):
     )
     sk.conv3x3_relu_maxpool2d(*tuned, backend="triton")  # autotuned outside the capture
     key = ("fma", "pooled")  # float32 with TF32 off (the tests' precision fixture)
-    first = tk.CONFIGS[key][0]
-    tk.forward(*untuned, config=first)  # compiled before the capture, as CUDA graphs need
+    tk.forward(*untuned, config=tk.CONFIGS[key][0])  # compiled before the capture
+
+    def benchmark(*args, **kwargs):
+        raise AssertionError("autotuning benchmarked inside a CUDA graph capture")
+
+    monkeypatch.setattr(tk._autotuner(key), "_bench", benchmark)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         outs = [sk.conv3x3_relu_maxpool2d(*inputs, backend="triton") for inputs in (tuned, untuned)]
@@ -83,8 +87,6 @@ def test_cuda_graph_capture_with_autotuning(monkeypatch):
     torch.cuda.synchronize()
     for out, inputs in zip(outs, (tuned, untuned), strict=True):
         assert_matches_reference(out, *inputs)
-    untuned_shape = (3, 18, 12, 20, 4, torch.float32)
-    assert (key, untuned_shape) not in tk._TUNED  # taken from the first config, not tuned
 
 
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
@@ -95,7 +97,7 @@ def test_more_than_2_31_elements(backend):
     x = torch.randn(n, 1, 512, 512, device="cuda", dtype=torch.float16)
     w = torch.randn(2, 1, 3, 3, device="cuda", dtype=torch.float16)
     b = torch.randn(2, device="cuda", dtype=torch.float16)
-    assert x.numel() > 2**32
+    assert x.numel() > 2**31
     out = sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend)
     for i in (0, n // 2, n - 1):
         assert_matches_reference(out[i : i + 1], x[i : i + 1], w, b)

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,18 @@ def test_cudnn_benchmark_is_on_during_its_provider_calls_only():
     with pytest.raises(RuntimeError):
         run.with_cudnn_benchmark(fails)()
     assert torch.backends.cudnn.benchmark == before
+
+
+def test_cudnn_benchmark_provider_is_timed_on_a_fresh_thread():
+    # ATen caches cuDNN plans per thread, without the benchmark flag in the key: on the timing
+    # thread the provider would reuse the plan the eager provider's calls cached.
+    threads = []  # names: identities of finished threads are reused
+    call = run.with_cudnn_benchmark(lambda: threads.append(threading.current_thread().name))
+    for _ in range(2):
+        assert measure._timed(lambda fn: fn() or 1.0, call) == 1.0
+    assert len(set(threads)) == 2 and threading.current_thread().name not in threads
+    measure._timed(lambda fn: fn() or 1.0, lambda: threads.append(threading.current_thread().name))
+    assert threads[-1] == threading.current_thread().name  # the others on the timing thread
 
 
 def test_best_stock_is_the_fastest_variant_in_each_timing_mode():

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 from checks import LAYOUTS, assert_matches_reference, make_inputs, stock
-from conftest import device_backends
+from conftest import HAS_CUDA, device_backends
 
 import simplecnn_kernels as sk
 
@@ -376,7 +376,9 @@ def test_unbatched_output_can_be_changed_in_place(op):
     torch.testing.assert_close(out.detach(), expected)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str
+)
 @pytest.mark.parametrize("cudnn", [True, False], ids=["cudnn", "no-cudnn"])
 def test_cuda_output_layout_is_stocks_with_fake_tensors(op, dtype, cudnn, monkeypatch):
     # On CUDA cuDNN computes the stock conv in channels_last only for float32/16/bfloat16 and
@@ -392,6 +394,8 @@ def test_cuda_output_layout_is_stocks_with_fake_tensors(op, dtype, cudnn, monkey
         for input, weight in [(x_cl, w), (x, w.contiguous(memory_format=torch.channels_last))]:
             out = TORCH_OPS[op](input, weight, None, backend="cuda")
             channels_last = cudnn and dtype != torch.float64
+            if dtype == torch.bfloat16:  # cuDNN's from sm_80 on; without a GPU, not
+                channels_last &= HAS_CUDA and torch.cuda.get_device_capability()[0] >= 8
             expected = torch.channels_last if channels_last else torch.contiguous_format
             assert out.is_contiguous(memory_format=expected)
             if cudnn:  # stock's own meta kernels agree (without cuDNN they ignore the flag)
@@ -405,6 +409,7 @@ def test_cuda_bfloat16_follows_cudnns_bfloat16_support(op, capability, monkeypat
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     monkeypatch.setattr(torch.backends.cudnn, "enabled", True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     cuda = torch.device("cuda")
     assert sk.ops.stock_conv_uses_cudnn(cuda, torch.bfloat16) == (capability >= (8, 0))

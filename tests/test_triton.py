@@ -30,6 +30,16 @@ def precision(kernel, dtype):
     return "tf32" if kernel == "dot" and dtype == torch.float32 and DEVICE == "cuda" else dtype
 
 
+def reference_conv_grad(x, w, b, grad_out):
+    """The gradient of the conv output where stock max-pool + ReLU route `grad_out`, in float64
+    on the CPU (checks.reference says why the CPU)."""
+    conv = torch.nn.functional.conv2d(
+        x.double().cpu(), w.double().cpu(), b.double().cpu(), padding=1
+    ).requires_grad_()
+    torch.nn.functional.max_pool2d(torch.relu(conv), 2, 2).backward(grad_out.double().cpu())
+    return conv.grad
+
+
 def tf32_exact(*tensors):
     """float32 tensors with values TF32 holds exactly (8-bit mantissas: bfloat16's): products
     in the tensor-core kernel exact as in the FMA kernel, for tests of exact routing."""
@@ -112,14 +122,12 @@ def test_conv_grad_kernel(kernel, shape, layout):
         x, w, b = tf32_exact(x, w, b)
     w[0] = 0.0
     x[0, 0, 2, 3] = x[-1, -1, 5, 1] = math.nan
-    conv = torch.nn.functional.conv2d(x.double(), w.double(), b.double(), padding=1)
-    conv.requires_grad_()
-    pooled = torch.nn.functional.max_pool2d(torch.relu(conv), 2, 2)
-    grad_out = torch.randn(pooled.shape, device=DEVICE)
-    pooled.backward(grad_out.double())
+    n, _, h, w_ = x.shape
+    grad_out = torch.randn(n, w.shape[0], h // 2, w_ // 2, device=DEVICE)
+    expected = reference_conv_grad(x, w, b, grad_out)
     got = tk.conv_grad(grad_out, x, w, b, kernel=kernel)
-    assert got.shape == conv.shape
-    torch.testing.assert_close(got.double(), conv.grad, rtol=0, atol=0, equal_nan=True)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got.double().cpu(), expected, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -231,24 +239,40 @@ def test_tf32_path_within_tf32_error():
 )
 def test_every_autotune_config_on_an_odd_shape(key, index):
     # Autotuning is off in the GPU test tier and absent under the interpreter, so only each
-    # list's first config would ever run. 17x9 windows and 37 channels: partial position and
-    # channel blocks for every config, K = 18: a partial K chunk. float32 values TF32 holds
-    # exactly, so the conv gradient routes exactly as the float64 reference.
+    # list's first config would ever run. 17x9 windows (unpooled 18x10) and 37 channels:
+    # partial position and channel blocks for every config, K = 18: a partial K chunk. float32
+    # values TF32 holds exactly, so the conv gradient routes exactly as the float64 reference.
     (kernel, epilogue), config = key, tk.CONFIGS[key][index]
     x, w, b = tf32_exact(*make_inputs(1, 2, 37, 35, 19, device=DEVICE))
     x[0, 1, 4, 7] = math.nan
     if epilogue == "conv_grad":
-        conv = torch.nn.functional.conv2d(x.double(), w.double(), b.double(), padding=1)
-        conv.requires_grad_()
-        pooled = torch.nn.functional.max_pool2d(torch.relu(conv), 2, 2)
-        grad_out = torch.randn(pooled.shape, device=DEVICE)
-        pooled.backward(grad_out.double())
+        grad_out = torch.randn(1, 37, 17, 9, device=DEVICE)
         got = tk.conv_grad(grad_out, x, w, b, kernel=kernel, config=config)
-        torch.testing.assert_close(got.double(), conv.grad, rtol=0, atol=0)
+        expected = reference_conv_grad(x, w, b, grad_out)
+        torch.testing.assert_close(got.double().cpu(), expected, rtol=0, atol=0)
     else:
         pool = epilogue == "pooled"
         out = tk.forward(x, w, b, kernel=kernel, pool=pool, config=config)
         assert_matches_reference(out, x, w, b, pool=pool)
+
+
+def test_launcher_never_autotunes_inside_a_cuda_graph_capture(monkeypatch):
+    # Autotuning a new key benchmarks (and synchronizes), which breaks a CUDA graph capture:
+    # inside one the autotuner runs only keys it has tuned (it launches its cached config),
+    # others the first config, with the options the autotuner launches with (Triton caches
+    # compiled kernels by them: other options compile and load a module mid-capture).
+    key, capturing = ("fma", "pooled"), [False]
+    monkeypatch.setattr(tk, "INTERPRETED", False)
+    monkeypatch.setattr(tk, "_AUTOTUNE", True)
+    monkeypatch.setattr(tk, "_TUNED", {(key, "tuned")})
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    autotuner, first, second = tk._autotuner(key), *tk.CONFIGS[key][:2]
+    assert tk._launcher(key, "new", None) == (autotuner, {})
+    capturing[0] = True
+    assert tk._launcher(key, "tuned", None) == (autotuner, {})
+    assert tk._launcher(key, "new", None) == (tk._JIT["fma"], first.all_kwargs())
+    assert tk._launcher(key, "new", second) == (tk._JIT["fma"], second.all_kwargs())
+    assert "num_ctas" in first.all_kwargs()  # more than num_warps and num_stages
 
 
 # --- compiled for an H100 without a GPU ------------------------------------------------------
