@@ -1,9 +1,9 @@
 """Rounding error of the fused op against the stock path, both measured against float64.
 
 The error of each output is given in units of eps * scale, where scale is the window's largest
-sum |w| |x| + |b| (the bound of any summation order; tests/checks.py) and eps the dtype's unit
-roundoff (2^-24 for float32). Cases: random data, and inputs built to stress Winograd's
-transforms (channels of scales 1e-3 .. 1e3, one filter tap 1000x the others).
+sum |w| |x| + |b| (the bound of any summation order; simplecnn_kernels.testing.reference) and
+eps the dtype's unit roundoff (2^-24 for float32). Cases: random data, and inputs built to
+stress Winograd's transforms (channels of scales 1e-3 .. 1e3, one filter tap 1000x the others).
 
     python bench/precision.py                    # as the op runs by default
     python bench/precision.py --winograd 2x2     # Winograd kept to F(2x2, 3x3)
@@ -13,15 +13,11 @@ transforms (channels of scales 1e-3 .. 1e3, one filter tap 1000x the others).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from checks import reference, stock  # noqa: E402
-
-import simplecnn_kernels as sk  # noqa: E402
+import simplecnn_kernels as sk
+from simplecnn_kernels.testing import reference, stock_composition
 
 
 def random_case(g, c):
@@ -64,7 +60,7 @@ def main() -> None:
             x, w, b = (t.to(args.device) for t in (x, w, b))
             out = sk.conv3x3_relu_maxpool2d(x, w, b)
             fused = max(fused, worst_error(out, x, w, b))
-            stock_err = max(stock_err, worst_error(stock(x, w, b), x, w, b))
+            stock_err = max(stock_err, worst_error(stock_composition(x, w, b), x, w, b))
         algorithm = torch.ops.simplecnn._cpu_algorithm(x, w) if x.device.type == "cpu" else "-"
         print(f"{name:14} {algorithm:20} {fused:8.1f} {stock_err:8.1f}")
 

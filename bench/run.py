@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from measure import (
     copy_bandwidth_gbs,
     cpu_fma_peak_gflops,
@@ -41,6 +40,7 @@ from measure import (
 )
 
 import simplecnn_kernels as sk
+from simplecnn_kernels.testing import stock_composition
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LAYERS = {  # case name: (C_in, C_out, H, W, pooled: conv3x3_relu_maxpool2d or conv3x3_relu2d)
@@ -106,14 +106,6 @@ MODEL_NAMES = {
 AVX2_TOO = {"avx512", "avx2"} <= set(sk.cpu_capabilities())
 
 
-def stock(x, w, b):
-    return F.max_pool2d(F.relu(F.conv2d(x, w, b, stride=1, padding=1)), 2, 2)
-
-
-def stock_unpooled(x, w, b):
-    return F.relu(F.conv2d(x, w, b, stride=1, padding=1))
-
-
 def fused_backends(device: str, dtype: torch.dtype = torch.float32) -> list[str]:
     return [b for b in sk.ops.backends_for(device, dtype) if b != "reference"]
 
@@ -173,7 +165,10 @@ def compiled(fn, mode: str):
 
 def layer_case(device, dtype, case, batch, compile_mode):
     c_in, c_out, h, w_, pooled = LAYERS[case]
-    stock = globals()["stock"] if pooled else stock_unpooled
+
+    def stock(x, w, b):
+        return stock_composition(x, w, b, pooled)
+
     op = sk.conv3x3_relu_maxpool2d if pooled else sk.conv3x3_relu2d
     x = torch.randn(batch, c_in, h, w_, device=device, dtype=dtype)
     w = torch.randn(c_out, c_in, 3, 3, device=device, dtype=dtype) / (3 * c_in**0.5)

@@ -3,17 +3,13 @@ stock eager, stock channels_last and the fused op on every backend that runs on 
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import simplecnn_kernels as sk
+from simplecnn_kernels.testing import stock_composition
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = {"SimpleCNN layer N=256 3->18 32x32": (256, 3, 18), "wide N=16 64->64 32x32": (16, 64, 64)}
 BACKENDS = [b for b in sk.ops.backends_for(DEVICE) if b != "reference"]
-
-
-def stock(x, w, b):
-    return F.max_pool2d(F.relu(F.conv2d(x, w, b, padding=1)), 2, 2)
 
 
 def _sync():
@@ -43,7 +39,7 @@ def test_layer(benchmark, case, provider):
     else:
 
         def fn():
-            return stock(x, w, b)
+            return stock_composition(x, w, b)
 
     benchmark.group = case
     benchmark(lambda: (fn(), _sync()))

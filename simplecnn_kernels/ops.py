@@ -281,7 +281,12 @@ def cpu_winograd(setting: str):
     return _process_setting(get_cpu_winograd, set_cpu_winograd, setting)
 
 
-def _reference(input: Tensor, weight: Tensor, bias: Tensor | None, pool: bool = True) -> Tensor:
+def stock_composition(
+    input: Tensor, weight: Tensor, bias: Tensor | None, pool: bool = True
+) -> Tensor:
+    """The stock PyTorch composition conv3x3_relu_maxpool2d equals, ``max_pool2d(relu(conv2d(
+    input, weight, bias, stride=1, padding=1)), 2, 2)`` (`pool` False: conv3x3_relu2d's, without
+    the pool): the ``"reference"`` backend, and what simplecnn_kernels.testing compares with."""
     activated = F.relu(F.conv2d(input, weight, bias, stride=1, padding=1))
     return F.max_pool2d(activated, 2, 2) if pool else activated
 
@@ -296,7 +301,7 @@ def _run_backend(
         from . import triton_conv3x3_relu_maxpool2d as triton_kernel
 
         return triton_kernel.forward(input, weight, bias, pool=pool)
-    return _reference(input, weight, bias, pool)
+    return stock_composition(input, weight, bias, pool)
 
 
 # --- the ops' implementations ------------------------------------------------------------------
@@ -623,7 +628,7 @@ def _stock_under_onnx_export(op_name: str, pool: bool):
     ) -> Tensor:
         _check_inputs(input, weight, bias, pool)
         _check_backend_name(backend, op_name)
-        return _reference(input, weight, bias, pool)
+        return stock_composition(input, weight, bias, pool)
 
     stock.__name__ = stock.__qualname__ = f"{op_name}_stock"
     return stock

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from checks import make_inputs, stock
 from conftest import cpu_levels, device_backends
 
 import simplecnn_kernels as sk
 from simplecnn_kernels.ops import backends_for
+from simplecnn_kernels.testing import make_inputs, stock_composition
 
 GRAD_SHAPES = [  # (N, C_in, C_out, H, W)
     (3, 3, 18, 16, 14),  # the SimpleCNN layer's channels: the fused CPU backward
@@ -22,18 +22,20 @@ GRAD_SHAPES = [  # (N, C_in, C_out, H, W)
 def _stock_grads(x, w, b, grad_out, mask=(True, True, True)):
     x, w = x.detach().requires_grad_(mask[0]), w.detach().requires_grad_(mask[1])
     b = None if b is None else b.detach().requires_grad_(mask[2])
-    stock(x, w, b).backward(grad_out)
+    stock_composition(x, w, b).backward(grad_out)
     return tuple(None if t is None else t.grad for t in (x, w, b))
 
 
 def _nonfinite_reference_grads(x, w, b, grad_out, pool=True):
     """Stock's gradients for inputs with non-finite values (`pool` False: conv3x3_relu2d's), in
-    the dtype and on the device of `x`. On the CPU: in float64 (checks.reference: direct sums).
+    the dtype and on the device of `x`. On the CPU: in float64 (testing.reference: direct sums).
     On CUDA the gradient of the conv output routed so, then the library's conv backward on the
     device, as the op's backward takes it (cuDNN's sums may turn an Inf into NaN elsewhere)."""
     x64, w64, b64 = (None if t is None else t.double().cpu() for t in (x, w, b))
     if not x.is_cuda:
-        grads = _grads(stock if pool else _stock_unpooled, x64, w64, b64, grad_out.double())
+        grads = _grads(
+            stock_composition if pool else _stock_unpooled, x64, w64, b64, grad_out.double()
+        )
         return tuple(None if g is None else g.to(x.dtype) for g in grads)
     conv = F.conv2d(x64, w64, b64, padding=1).requires_grad_()
     activated = torch.relu(conv)
@@ -85,7 +87,7 @@ def test_gradients_equal_stock(device, backend, shape, layout, dtype):
     if backend == "triton" and dtype == torch.float64:
         pytest.skip("the Triton kernels take no float64")
     x, w, b = make_inputs(*shape, device=device, layout=layout, dtype=dtype)
-    grad_out = torch.randn_like(stock(x, w, b))
+    grad_out = torch.randn_like(stock_composition(x, w, b))
     ours = _fused_grads(x, w, b, grad_out, backend)
     _assert_grads_close(ours, _stock_grads(x, w, b, grad_out), dtype)
 
@@ -130,7 +132,7 @@ def test_nan_and_inf_route_the_gradient_as_stock(device, backend, c_in):
     w[1, 0, 1, 1] = math.inf  # a whole output channel of infinities and NaN
     if backend == "triton":
         x, w, b = x.float(), w.float(), b.float()
-    grad_out = torch.randn_like(stock(x, w, b))
+    grad_out = torch.randn_like(stock_composition(x, w, b))
     ours = _fused_grads(x, w, b, grad_out, backend)
     _assert_grads_close(ours, _nonfinite_reference_grads(x, w, b, grad_out), x.dtype)
 
@@ -161,7 +163,7 @@ def test_infinities_at_the_edges_give_the_stock_nan_pattern(device, backend, sha
         w[0, 0, y, col] = math.inf
     else:
         x[0, 0, y, col] = math.inf
-    grad_out = torch.randn_like(stock(x, w, b))
+    grad_out = torch.randn_like(stock_composition(x, w, b))
     ours = _fused_grads(x, w, b, grad_out, backend)
     _assert_grads_close(ours, _nonfinite_reference_grads(x, w, b, grad_out), dtype)
 
@@ -173,7 +175,7 @@ def test_low_precision_routes_by_the_stored_conv_values(dtype, c_in, level):
     # Stock picks each window's max among conv values rounded to the dtype, where two values
     # that differ in float32 may tie. The fused backward routes the same, window for window.
     x, w, b = make_inputs(4, c_in, 18, 32, 32, dtype=dtype)
-    grad_out = torch.randn_like(stock(x, w, b))
+    grad_out = torch.randn_like(stock_composition(x, w, b))
     expected = _stock_grads(x, w, b, grad_out)
     fused = torch.ops.simplecnn._fused_backward(grad_out, x, w, b, [True, True, True])
     conv = F.conv2d(x, w, b, padding=1).requires_grad_()
@@ -188,7 +190,7 @@ def test_low_precision_routes_by_the_stored_conv_values(dtype, c_in, level):
 def test_both_backward_ops_on_every_width(shape):
     # The autograd formula picks one route by width; each must be right at any width.
     x, w, b = make_inputs(*shape, dtype=torch.float64)
-    grad_out = torch.randn_like(stock(x, w, b))
+    grad_out = torch.randn_like(stock_composition(x, w, b))
     expected = _stock_grads(x, w, b, grad_out)
     fused = torch.ops.simplecnn._fused_backward(grad_out, x, w, b, [True, True, True])
     _assert_grads_close(fused, expected, torch.float64)
@@ -230,7 +232,7 @@ def test_autocast_leaves_float64_alone_and_casts_other_floats_as_stock(device, b
         x, w, b = make_inputs(2, 3, 4, 8, 8, dtype=input_dtype, device=device)
         with torch.autocast(device, dtype=torch.bfloat16):
             out = sk.conv3x3_relu_maxpool2d(x, w, b, backend=backend)
-            assert out.dtype == stock(x, w, b).dtype, input_dtype
+            assert out.dtype == stock_composition(x, w, b).dtype, input_dtype
 
 
 @pytest.mark.parametrize("device,backend", [*device_backends(), ("cpu", "reference")])
@@ -280,7 +282,7 @@ def _grads(fn, x, w, b, grad_out):
 
 
 def _stock_unpooled(x, w, b):
-    return stock(x, w, b, pool=False)
+    return stock_composition(x, w, b, pool=False)
 
 
 @pytest.mark.parametrize("device,backend", device_backends())

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from checks import LAYOUTS
 from conftest import cpu_levels
 
 import simplecnn_kernels as sk
+from simplecnn_kernels.testing import LAYOUTS, assert_matches_reference, make_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_environment_forces_a_level_or_names_what_the_cpu_has(level):
     script = f"""
 import torch
 import simplecnn_kernels as sk
-from checks import make_inputs
+from simplecnn_kernels.testing import make_inputs
 x, w, b = make_inputs(2, 3, 8, 8, 8)
 try:
     sk.conv3x3_relu_maxpool2d(x, w, b)
@@ -81,7 +81,7 @@ print("ok")
 def test_an_unknown_level_is_an_error():
     script = """
 import simplecnn_kernels as sk
-from checks import make_inputs
+from simplecnn_kernels.testing import make_inputs
 for call in range(2):  # every call raises
     try:
         sk.conv3x3_relu_maxpool2d(*make_inputs(2, 3, 8, 8, 8))
@@ -101,8 +101,6 @@ print("ok")
 
 @pytest.mark.parametrize("level", cpu_levels())
 def test_forcing_a_level_in_process(level):
-    from checks import assert_matches_reference, make_inputs
-
     before = sk.cpu_capability()
     with sk.forced_cpu_capability(level):
         assert sk.cpu_capability() == level
@@ -120,15 +118,13 @@ def test_forcing_a_level_in_process(level):
 def test_large_outputs_streamed_past_the_caches(shape, level):
     # Outputs over 2 MB (here 2.9 MB) are written with non-temporal stores where a vector is a
     # whole, aligned cache line (AVX-512); odd widths mix them with ordinary and masked stores.
-    from checks import assert_matches_reference, make_inputs
-
     x, w, b = make_inputs(*shape)
     assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b), x, w, b)
 
 
 GENERIC_CHECK = """
 import torch
-from checks import assert_matches_reference, make_inputs
+from simplecnn_kernels.testing import assert_matches_reference, make_inputs
 import simplecnn_kernels as sk
 
 assert sk.cpu_capability() == "generic"
@@ -260,8 +256,6 @@ def _algorithm(x, w):
 
 @all_levels
 def test_algorithm_choice(level):
-    from checks import make_inputs
-
     wide = make_inputs(1, 64, 64, 16, 16)
     assert _algorithm(*wide[:2]) == "winograd_2x2"  # 16 4x4 tiles: too few for F(4x4)
     assert torch.ops.simplecnn._cpu_algorithm(*wide[:2]) == f"winograd_2x2/{level}"
@@ -310,10 +304,6 @@ IMPLICIT_GEMM_SHAPES = [
 def test_implicit_gemm_on_a_tall_image_stages_blocks_of_rows(level):
     # An infinite weight keeps this many windows off Winograd; the image is staged in 3 blocks
     # of pooled rows.
-    from checks import assert_matches_reference, make_inputs
-
-    import simplecnn_kernels as sk
-
     x, w, b = make_inputs(1, 256, 20, 200, 4, layout="strided")
     w[7, 100, 2, 0] = float("inf")
     assert _algorithm(x, w) == "implicit_gemm"
@@ -324,10 +314,6 @@ def test_implicit_gemm_on_a_tall_image_stages_blocks_of_rows(level):
 @pytest.mark.parametrize("special", [float("nan"), float("inf"), -float("inf")], ids=str)
 @pytest.mark.parametrize("where", ["input", "weight", "input and bias"])
 def test_implicit_gemm_nan_and_inf_as_stock(special, where, level):
-    from checks import assert_matches_reference, make_inputs
-
-    import simplecnn_kernels as sk
-
     x, w, b = make_inputs(2, 32, 24, 6, 6, bias=where == "input and bias")
     target = w if where == "weight" else x
     target.view(-1)[torch.randperm(target.numel())[:3]] = special
@@ -343,7 +329,7 @@ WINOGRAD_SETTING_CHECK = """
 import os
 import torch
 import simplecnn_kernels as sk
-from checks import assert_matches_reference, make_inputs
+from simplecnn_kernels.testing import assert_matches_reference, make_inputs
 
 setting = os.environ["SIMPLECNN_CPU_WINOGRAD"]
 x, w, b = make_inputs(2, 32, 32, 16, 64)  # 128 tiles of 4x4: F(4x4) by default
@@ -374,8 +360,6 @@ def test_winograd_default_comes_from_the_environment(setting):
 
 @all_levels
 def test_winograd_setting_is_read_per_call(level):
-    from checks import assert_matches_reference, make_inputs
-
     x, w, b = make_inputs(2, 32, 32, 16, 64)
     before = sk.get_cpu_winograd()
     for setting, expected in [("off", "direct"), ("2x2", "winograd_2x2"), ("4x4", "winograd_4x4")]:
@@ -421,10 +405,6 @@ WINOGRAD_4X4_SHAPES = [
 def test_wide_layer_algorithms_match_stock(algorithm, shape, dtype, layout, pool, level):
     # Unpooled (conv3x3_relu2d): the same windows cover the conv output, odd last rows and
     # columns included.
-    from checks import assert_matches_reference, make_inputs
-
-    import simplecnn_kernels as sk
-
     x, w, b = make_inputs(*shape, dtype=dtype, layout=layout)
     assert _algorithm(x, w) == algorithm
     op = sk.conv3x3_relu_maxpool2d if pool else sk.conv3x3_relu2d
@@ -440,10 +420,6 @@ def test_winograd_tiles_with_nan_or_inf_fall_back_to_direct_sums(
 ):
     # inf - inf inside the transforms would give NaN where the stock sum gives +-inf; those
     # windows are recomputed with direct sums, so the result equals stock everywhere.
-    from checks import assert_matches_reference, make_inputs
-
-    import simplecnn_kernels as sk
-
     x, w, b = make_inputs(n, 32, 32, 16, 16)
     x.view(-1)[torch.randperm(x.numel())[:5]] = special
     assert _algorithm(x, w) == algorithm
@@ -464,10 +440,6 @@ def test_winograd_splits_output_channels_when_threads_outnumber_tile_groups(
 ):
     # With more threads than groups of tiles, items take ranges of output-channel blocks;
     # the fallback to direct sums then redoes only its range.
-    from checks import assert_matches_reference, make_inputs
-
-    import simplecnn_kernels as sk
-
     threads = torch.get_num_threads()
     torch.set_num_threads(8)
     try:
@@ -485,10 +457,6 @@ def test_winograd_splits_output_channels_when_threads_outnumber_tile_groups(
 
 @pytest.mark.parametrize("special", [float("nan"), float("inf")], ids=str)
 def test_wide_layer_with_non_finite_weights(special):
-    from checks import assert_matches_reference, make_inputs
-
-    import simplecnn_kernels as sk
-
     x, w, b = make_inputs(2, 32, 32, 16, 16)
     w[7, 3, 0, 2] = special
     assert_matches_reference(sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu"), x, w, b)

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from checks import assert_matches_reference, make_inputs
 from conftest import cuda_backends, requires_cuda
 
 import simplecnn_kernels as sk
+from simplecnn_kernels.testing import assert_matches_reference, make_inputs
 
 pytestmark = requires_cuda
 CUDA_BACKENDS = cuda_backends()

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from checks import assert_matches_reference
 from torch import nn
 
 import simplecnn_kernels as sk
+from simplecnn_kernels.testing import assert_matches_reference
 
 
 def test_simplecnn_is_the_seed_model():

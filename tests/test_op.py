@@ -9,10 +9,15 @@ import re
 
 import pytest
 import torch
-from checks import LAYOUTS, assert_matches_reference, make_inputs, stock
 from conftest import HAS_CUDA, device_backends
 
 import simplecnn_kernels as sk
+from simplecnn_kernels.testing import (
+    LAYOUTS,
+    assert_matches_reference,
+    make_inputs,
+    stock_composition,
+)
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 SHAPES = [  # (N, C_in, C_out, H, W)
@@ -68,7 +73,7 @@ def test_output_layout_is_stocks(op, device, backend, layout):
     for input in (x, x[0]):  # batched and unbatched
         for weight in (w, w.contiguous(memory_format=torch.channels_last)):
             out = FUSED[op](input, weight, b, backend=backend)
-            assert out.stride() == stock(input, weight, b, op == "pooled").stride()
+            assert out.stride() == stock_composition(input, weight, b, op == "pooled").stride()
 
 
 @pytest.mark.parametrize("device,backend", device_backends())
@@ -85,7 +90,7 @@ def test_empty_batch(op, device, backend):
     x, w, b = make_inputs(0, 3, 18, 32, 32, device=device)
     out = FUSED[op](x, w, b, backend=backend)
     expected = (0, 18, 16, 16) if op == "pooled" else (0, 18, 32, 32)
-    assert out.shape == stock(x, w, b, op == "pooled").shape == expected
+    assert out.shape == stock_composition(x, w, b, op == "pooled").shape == expected
 
 
 def _poison(t, fraction, values, generator=None):
@@ -145,7 +150,9 @@ def test_default_backend_on_cpu_is_the_cpp_kernel():
 
 def test_reference_backend_is_the_stock_composition(op):
     x, w, b = make_inputs(2, 3, 18, 32, 32)
-    assert torch.equal(FUSED[op](x, w, b, backend="reference"), stock(x, w, b, op == "pooled"))
+    assert torch.equal(
+        FUSED[op](x, w, b, backend="reference"), stock_composition(x, w, b, op == "pooled")
+    )
 
 
 # --- torch.library integration ----------------------------------------------------------------
@@ -192,7 +199,7 @@ def test_compile_fullgraph_keeps_the_op_as_one_node(op):
     x, w, b = make_inputs(4, 3, 18, 32, 32)
     fused = FUSED[op]
     fn = torch.compile(lambda x, w, b: fused(x, w, b) + 1, backend=record, fullgraph=True)
-    torch.testing.assert_close(fn(x, w, b), stock(x, w, b, op == "pooled") + 1)
+    torch.testing.assert_close(fn(x, w, b), stock_composition(x, w, b, op == "pooled") + 1)
     ops = _graph_ops(graphs[0])
     name = f"simplecnn.{fused.__name__}"
     assert sum(name in node for node in ops) == 1, ops
@@ -308,7 +315,7 @@ def test_bad_input_raises_clear_error(op, case):
     assert str(error.value).startswith(f"{FUSED[op].__name__}: ")  # names the op
     if stock_raises:
         with pytest.raises((RuntimeError, ValueError)):
-            stock(x, w, b, op == "pooled")
+            stock_composition(x, w, b, op == "pooled")
 
 
 @pytest.mark.parametrize("op,case", BAD_CASES)
@@ -360,7 +367,7 @@ def test_offsets_beyond_2_31_elements():
     out = sk.conv3x3_relu_maxpool2d(x, weight, bias, backend="cpu")
     for start in (0, 2**16 - 64, h - 64):  # row crops at the start, just below 2^31, past it
         crop = x[:, :, start : start + 64]
-        expected = stock(crop.float(), weight.float(), bias.float())
+        expected = stock_composition(crop.float(), weight.float(), bias.float())
         # The crop's first and last rows lack their outer neighbour: compare the inside.
         got = out[:, :, start // 2 + 1 : start // 2 + 31].float()
         torch.testing.assert_close(got, expected[:, :, 1:31], atol=2e-3, rtol=2e-3)
@@ -371,7 +378,7 @@ def test_unbatched_output_can_be_changed_in_place(op):
     # changes of a custom op's view outputs).
     x, w, b = make_inputs(None, 3, 4, 6, 6)
     out = FUSED[op](x, w.requires_grad_(), b)
-    expected = stock(x, w, b, op == "pooled").detach() * 2
+    expected = stock_composition(x, w, b, op == "pooled").detach() * 2
     out.mul_(2)
     torch.testing.assert_close(out.detach(), expected)
 
@@ -399,7 +406,9 @@ def test_cuda_output_layout_is_stocks_with_fake_tensors(op, dtype, cudnn, monkey
             expected = torch.channels_last if channels_last else torch.contiguous_format
             assert out.is_contiguous(memory_format=expected)
             if cudnn:  # stock's own meta kernels agree (without cuDNN they ignore the flag)
-                assert out.stride() == stock(input, weight, None, op == "pooled").stride()
+                assert (
+                    out.stride() == stock_composition(input, weight, None, op == "pooled").stride()
+                )
 
 
 @pytest.mark.parametrize("capability", [(7, 5), (8, 0), (9, 0)], ids=["sm75", "sm80", "sm90"])

@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from checks import TOLERANCE, assert_matches_reference, make_inputs, reference, stock
 
 import simplecnn_kernels as sk
+from simplecnn_kernels.testing import (
+    TOLERANCE,
+    assert_matches_reference,
+    make_inputs,
+    reference,
+    stock_composition,
+)
 
 triton = pytest.importorskip("triton")
 from simplecnn_kernels import triton_conv3x3_relu_maxpool2d as tk  # noqa: E402
@@ -32,7 +38,7 @@ def precision(kernel, dtype):
 
 def reference_conv_grad(x, w, b, grad_out):
     """The gradient of the conv output where stock max-pool + ReLU route `grad_out`, in float64
-    on the CPU (checks.reference says why the CPU)."""
+    on the CPU (testing.reference says why the CPU)."""
     conv = torch.nn.functional.conv2d(
         x.double().cpu(), w.double().cpu(), b.double().cpu(), padding=1
     ).requires_grad_()
@@ -98,7 +104,7 @@ def test_unpooled_kernel_matches_stock(kernel, shape, dtype, layout):
     b[1] = -math.inf
     out = tk.forward(x, w, b, kernel=kernel, pool=False)
     assert_matches_reference(out, x, w, b, pool=False, dtype=precision(kernel, dtype))
-    assert out.stride() == stock(x, w, b, pool=False).stride()
+    assert out.stride() == stock_composition(x, w, b, pool=False).stride()
 
 
 def test_op_backend_triton_unpooled():

@@ -1,13 +1,35 @@
-"""Shared test helpers: inputs, the float64 reference and a verbose comparison."""
+"""Helpers for checking a conv3x3 + bias + ReLU [+ 2x2 max-pool] kernel against the stock path:
+the project's tests and benchmarks use them, and so can anyone checking a kernel of their own.
+
+    from simplecnn_kernels.testing import assert_matches_reference, make_inputs
+    x, w, b = make_inputs(8, 3, 18, 32, 32, layout="channels_last")
+    assert_matches_reference(my_kernel(x, w, b), x, w, b)   # pool=False: no max-pool
+
+- ``stock_composition``: the stock PyTorch composition the ops equal.
+- ``make_inputs`` (with ``LAYOUTS``): random input, weight and bias in a given layout.
+- ``reference``: the float64 stock result and the error scale of each output.
+- ``assert_matches_reference`` (with ``TOLERANCE``): the comparison, NaN and Inf exactly.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-# Error allowed per dtype, as a multiple of `scale` below: float32 allows for accumulation order
-# over up to 64*9 terms, float16/bfloat16 for the one rounding of the float32 result (2^-11 and
-# 2^-8 relative) plus accumulation.
+from .ops import stock_composition
+
+__all__ = [
+    "LAYOUTS",
+    "TOLERANCE",
+    "assert_matches_reference",
+    "make_inputs",
+    "reference",
+    "stock_composition",
+]
+
+# Error allowed per dtype, as a multiple of `reference`'s scale: float32 allows for accumulation
+# order over up to 64*9 terms, float16/bfloat16 for the one rounding of the float32 result
+# (2^-11 and 2^-8 relative) plus accumulation.
 TOLERANCE = {
     torch.float64: 1e-12,
     torch.float32: 2e-5,
@@ -17,13 +39,6 @@ TOLERANCE = {
     # at most 2 * 2^-10 relative per product, float32 sums.
     "tf32": 2.5e-3,
 }
-
-
-def stock(x, w, b, pool=True):
-    """The stock composition the op must equal (`pool` False: conv3x3_relu2d's, no pool)."""
-    activated = F.relu(F.conv2d(x, w, b, stride=1, padding=1))
-    return F.max_pool2d(activated, 2, 2) if pool else activated
-
 
 # make_inputs' layouts.
 LAYOUTS = ["contiguous", "channels_last", "channels_last_model", "strided"]
@@ -42,10 +57,11 @@ def make_inputs(
     layout="contiguous",
     generator=None,
 ):
-    """Fresh random (input, weight, bias) in the given layout: "contiguous", "channels_last"
-    (the input), "channels_last_model" (the input and the weight, as
-    ``model.to(memory_format=torch.channels_last)`` leaves a conv's) or "strided" (views with
-    gaps and non-unit inner strides, for input, weight and bias)."""
+    """Fresh random (input, weight, bias) for a batch of `n` (None: one unbatched image) in the
+    given layout: "contiguous", "channels_last" (the input), "channels_last_model" (the input and
+    the weight, as ``model.to(memory_format=torch.channels_last)`` leaves a conv's) or "strided"
+    (views with gaps and non-unit inner strides, for input, weight and bias). Drawn in float32,
+    then converted, so that every dtype gets the same values from the same `generator`."""
     g = generator
 
     def randn(*shape):
@@ -68,13 +84,14 @@ def make_inputs(
 
 
 def reference(x, w, b, pool=True):
-    """float64 stock result and the error scale of each output: sum |w| * |x| + |b|, which
-    bounds the rounding error of every conv value (pooled: its max over the window). Computed
-    on the CPU, whose float64 conv sums directly: cuDNN may pick a transform (Winograd, FFT)
-    that turns an input Inf into NaN elsewhere, which no direct sum gives."""
+    """float64 stock result (`pool` False: of conv3x3_relu2d) and the error scale of each
+    output: sum |w| * |x| + |b|, which bounds the rounding error of every conv value (pooled:
+    its max over the window). Computed on the CPU, whose float64 conv sums directly: cuDNN may
+    pick a transform (Winograd, FFT) that turns an input Inf into NaN elsewhere, which no direct
+    sum gives."""
     x64, w64 = x.double().cpu(), w.double().cpu()
     b64 = None if b is None else b.double().cpu()
-    ref = stock(x64, w64, b64, pool)
+    ref = stock_composition(x64, w64, b64, pool)
     absb = None if b is None else b64.abs()
     scale = F.conv2d(x64.abs().nan_to_num(0, 0, 0), w64.abs(), absb, padding=1)
     if pool:
