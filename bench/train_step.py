@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from measure import machine, machine_label, speedup, time_cpu, time_cuda
 
 import simplecnn_kernels as sk
+from simplecnn_kernels.testing import saved_for_backward_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {"SimpleCNN": sk.SimpleCNN, "FusedSimpleCNN": sk.FusedSimpleCNN}
@@ -52,18 +53,6 @@ def make_step(cls, batch: int, device: str, compile_mode: str = "none"):
         opt.step()
 
     return model, x, step
-
-
-def saved_for_backward_bytes(model, x) -> int:
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x)
-    return sum(storages.values())
 
 
 def peak_step_memory(name: str, batch: int, device: str) -> int:

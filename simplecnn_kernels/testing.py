@@ -9,6 +9,7 @@ the project's tests and benchmarks use them, and so can anyone checking a kernel
 - ``make_inputs`` (with ``LAYOUTS``): random input, weight and bias in a given layout.
 - ``reference``: the float64 stock result and the error scale of each output.
 - ``assert_matches_reference`` (with ``TOLERANCE``): the comparison, NaN and Inf exactly.
+- ``saved_for_backward_bytes``: what a forward pass keeps for backward.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "assert_matches_reference",
     "make_inputs",
     "reference",
+    "saved_for_backward_bytes",
     "stock_composition",
 ]
 
@@ -131,3 +133,17 @@ def assert_matches_reference(out, x, w, b, *, dtype=None, pool=True):
             f"got {got.flatten()[worst].item()!r}, expected {ref.flatten()[worst].item()!r} "
             f"(scale {scale.flatten()[worst].item():.3g})"
         )
+
+
+def saved_for_backward_bytes(model, x) -> int:
+    """Bytes the autograd graph keeps for backward after ``model(x)``, each storage counted once
+    (views of one tensor, or a tensor saved by several ops, share it)."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(storages.values())

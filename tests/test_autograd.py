@@ -10,7 +10,7 @@ from conftest import cpu_levels, device_backends
 
 import simplecnn_kernels as sk
 from simplecnn_kernels.ops import backends_for
-from simplecnn_kernels.testing import make_inputs, stock_composition
+from simplecnn_kernels.testing import make_inputs, saved_for_backward_bytes, stock_composition
 
 GRAD_SHAPES = [  # (N, C_in, C_out, H, W)
     (3, 3, 18, 16, 14),  # the SimpleCNN layer's channels: the fused CPU backward
@@ -248,23 +248,11 @@ def test_double_backward(device, backend, c_in):
     )
 
 
-def _saved_bytes(model, x):
-    """Bytes the autograd graph keeps for backward (each storage once) in a forward pass."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x).sum()
-    return sum(storages.values())
-
-
 def test_fused_model_keeps_less_for_backward_than_stock():
     stock_model, fused_model = sk.SimpleCNN(), sk.FusedSimpleCNN()
     x = torch.randn(64, 3, 32, 32)
-    stock_bytes, fused_bytes = _saved_bytes(stock_model, x), _saved_bytes(fused_model, x)
+    stock_bytes = saved_for_backward_bytes(stock_model, x)
+    fused_bytes = saved_for_backward_bytes(fused_model, x)
     # Stock keeps the conv output and int64 pool indices (+24 bytes per pooled output, fp32);
     # the fused op keeps only its inputs.
     pooled_outputs = 64 * 18 * 16 * 16
