@@ -92,6 +92,16 @@ def test_gradients_equal_stock(device, backend, shape, layout, dtype):
     _assert_grads_close(ours, _stock_grads(x, w, b, grad_out), dtype)
 
 
+def test_reference_gradients_are_stocks_bit_for_bit():
+    # backend="reference" must take stock's own backward route; a narrow CPU layer is where the
+    # default backend takes another (the fused backward kernel, whose sums round differently).
+    x, w, b = make_inputs(2, 3, 7, 9, 13)
+    grad_out = torch.randn(2, 7, 4, 6)
+    ours = _fused_grads(x, w, b, grad_out, "reference")
+    for g, r in zip(ours, _stock_grads(x, w, b, grad_out), strict=True):
+        assert torch.equal(g, r)
+
+
 @pytest.mark.parametrize("device,backend", device_backends())
 @pytest.mark.parametrize("mask", [(False, True, True), (True, False, False), (True, True, False)])
 def test_only_the_requested_gradients(device, backend, mask):
