@@ -8,9 +8,9 @@ A program computes one image x a block of BLOCK_P *pooled* outputs x a block of 
 channels. Each of the window's four conv values accumulates in float32 registers starting from
 the bias (where the stock conv is cuDNN's: from zero, then rounded to the dtype before the bias
 is added, as cuDNN + ``add_`` round), borders are masked loads instead of a padded copy, and
-after the max over the window
-(propagating NaN, as the stock max-pool does) ReLU is applied once (``max(relu(c)) ==
-relu(max(c))``) and only the pooled value is stored: the conv output never reaches memory.
+after the max over the window (propagating NaN, as the stock max-pool does) ReLU is applied
+once (``max(relu(c)) == relu(max(c))``) and only the pooled value is stored: the conv output
+never reaches memory.
 Unpooled (conv3x3_relu2d, ``POOL=False``), the same windows cover the conv output and each of
 the four values is stored after ReLU.
 
@@ -99,6 +99,15 @@ def _load_bias(b_ptr, sb, co, co_ok, HAS_BIAS: tl.constexpr, BLOCK_CO: tl.conste
         return tl.load(b_ptr + co.to(tl.int64) * sb, mask=co_ok, other=0.0).to(tl.float32)
     else:
         return tl.zeros([BLOCK_CO], dtype=tl.float32)
+
+
+@triton.jit
+def _running_max(best, best_pos, value, pos):
+    """The stock max-pool's running max over a window, `value` at window position `pos` next:
+    it takes a greater value or a NaN (NaN propagates, ties keep the first, the last NaN wins).
+    Returns the max and its position."""
+    take = (value > best) | (value != value)
+    return tl.where(take, value, best), tl.where(take, pos, best_pos)
 
 
 @triton.jit
@@ -199,11 +208,7 @@ def _dot_kernel(
                 acc, bias[None, :], out_ptr.dtype.element_ty, ROUND_BEFORE_BIAS
             )
         if POOL:
-            # The stock max-pool's running max: take a greater value or a NaN (NaN propagates,
-            # ties keep the first, the last NaN wins).
-            take = (acc > best) | (acc != acc)
-            best = tl.where(take, acc, best)
-            best_pos = tl.where(take, pos, best_pos)
+            best, best_pos = _running_max(best, best_pos, acc, pos)
         else:
             _store_conv_value(
                 acc, out_ptr, son, soc, soh, sow, n, iy0 + 1, ix0 + 1, co[None, :],
@@ -293,18 +298,10 @@ def _fma_kernel(
             acc11, out_ptr, son, soc, soh, sow, n, y + 1, x + 1, co[:, None], ok, H, W
         )
         return
-    # The stock max-pool's running max over the window (see _dot_kernel).
-    best = acc00
-    best_pos = tl.zeros([BLOCK_CO, BLOCK_P], dtype=tl.int32)
-    take = (acc01 > best) | (acc01 != acc01)
-    best = tl.where(take, acc01, best)
-    best_pos = tl.where(take, 1, best_pos)
-    take = (acc10 > best) | (acc10 != acc10)
-    best = tl.where(take, acc10, best)
-    best_pos = tl.where(take, 2, best_pos)
-    take = (acc11 > best) | (acc11 != acc11)
-    best = tl.where(take, acc11, best)
-    best_pos = tl.where(take, 3, best_pos)
+    best, best_pos = acc00, tl.zeros([BLOCK_CO, BLOCK_P], dtype=tl.int32)
+    best, best_pos = _running_max(best, best_pos, acc01, 1)
+    best, best_pos = _running_max(best, best_pos, acc10, 2)
+    best, best_pos = _running_max(best, best_pos, acc11, 3)
 
     _store_result(
         best, best_pos, out_ptr, son, soc, soh, sow, g_ptr, sgn, sgc, sgh, sgw,
@@ -326,7 +323,6 @@ def _is_interpreted(kernel) -> bool:
 
 INTERPRETED = _is_interpreted(_fma_kernel)
 
-# (kernel, configs on a GPU, the one config under the interpreter)
 _AUTOTUNE_KEY = ["C_in", "C_out", "Ho", "Wo", "N_BUCKET"]
 
 
@@ -348,11 +344,12 @@ def _fma_configs(shapes):
 # output, the conv gradient (CONV_GRAD) or the unpooled output (POOL False). Only ones that
 # compile for sm_90 without spilling (tests/triton_sm90.py); the conv_grad and unpooled
 # epilogues (stores at four positions) spill at 64 output channels per program.
+_DOT_32_CHANNELS = _dot_configs([(64, 32, 4), (128, 32, 8)])
 _FMA_CONFIGS = _fma_configs([(128, 16, 4), (256, 16, 8), (128, 8, 4)])
 CONFIGS = {
-    ("dot", "pooled"): _dot_configs([(64, 32, 4), (128, 32, 8), (64, 64, 4), (128, 64, 8)]),
-    ("dot", "conv_grad"): _dot_configs([(64, 32, 4), (128, 32, 8)]),
-    ("dot", "unpooled"): _dot_configs([(64, 32, 4), (128, 32, 8)]),
+    ("dot", "pooled"): _DOT_32_CHANNELS + _dot_configs([(64, 64, 4), (128, 64, 8)]),
+    ("dot", "conv_grad"): _DOT_32_CHANNELS,
+    ("dot", "unpooled"): _DOT_32_CHANNELS,
     ("fma", "pooled"): _FMA_CONFIGS,
     ("fma", "conv_grad"): _FMA_CONFIGS,
     ("fma", "unpooled"): _FMA_CONFIGS,
