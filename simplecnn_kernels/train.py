@@ -122,36 +122,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def train(args: argparse.Namespace) -> History:
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world = 0, 1
-    device = torch.device(args.device)
-    if distributed:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
+    device, rank, world = _join_process_group(torch.device(args.device))
+    distributed = world > 1
     log = print if rank == 0 else (lambda *a, **k: None)
 
-    torch.manual_seed(args.seed)  # the same initial weights in every process and for both models
-    kwargs = {"backend": args.backend} if args.model == "fused" else {}
-    model = MODELS[args.model](device=device, **kwargs)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
-    start_epoch = 0
+    model, optimizer, start_epoch = _model_and_optimizer(args, device)
     if args.resume is not None:
-        state = torch.load(args.resume, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])  # SimpleCNN and FusedSimpleCNN share the keys
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"]
         log(f"resumed {args.resume} at epoch {start_epoch}")
     net = nn.parallel.DistributedDataParallel(model) if distributed else model
 
-    if args.data is not None:
-        train_set, test_set = load_cifar10(args.data, True), load_cifar10(args.data, False)
-    else:
-        train_set = synthetic_cifar(args.synthetic_size, seed=args.seed)
-        test_set = synthetic_cifar(max(args.synthetic_size // 10, 1), seed=args.seed)
+    train_set, test_set = _datasets(args)
     sampler = DistributedSampler(train_set, seed=args.seed) if distributed else None
     loader = DataLoader(
         train_set,
@@ -167,49 +147,20 @@ def train(args: argparse.Namespace) -> History:
     )
 
     history = History()
-    steps = 0
+    progress = Progress(sys.stderr, enabled=not args.quiet and rank == 0)
     for epoch in range(start_epoch, args.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        net.train()
-        seen, loss_sum, correct = 0, 0.0, 0
-        start = time.perf_counter()
-        for i, (x, y) in enumerate(loader):
-            if args.max_steps is not None and steps >= args.max_steps:
-                break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            logits = net(x)
-            loss = F.cross_entropy(logits, y)
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            history.step_losses.append(loss.item())
-            seen += len(y)
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            if not args.quiet and rank == 0:
-                rate = seen * world / (time.perf_counter() - start)
-                print(
-                    f"\repoch {epoch + 1}/{args.epochs} step {i + 1}/{len(loader)} "
-                    f"loss {loss.item():.4f} {rate:,.0f} images/s",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - start
-        if not args.quiet and rank == 0:
-            print(file=sys.stderr)
+        progress.label = f"epoch {epoch + 1}/{args.epochs}"
+        trained = _train_epoch(net, loader, optimizer, device, world, args, history, progress)
         test_loss, test_acc = evaluate(model, test_set, device, args.batch_size)
         record = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum / max(seen, 1),
-            "train_accuracy": correct / max(seen, 1),
+            "train_loss": trained["train_loss"],
+            "train_accuracy": trained["train_accuracy"],
             "test_loss": test_loss,
             "test_accuracy": test_acc,
-            "images_per_s": seen * world / elapsed,
+            "images_per_s": trained["images_per_s"],
         }
         history.epochs.append(record)
         log(
@@ -224,11 +175,107 @@ def train(args: argparse.Namespace) -> History:
                 "epoch": epoch + 1,
             }
             torch.save(state, args.checkpoint)
-        if args.max_steps is not None and steps >= args.max_steps:
+        if _step_limit_reached(args.max_steps, history):
             break
     if distributed:
         dist.destroy_process_group()
     return history
+
+
+def _join_process_group(device: torch.device) -> tuple[torch.device, int, int]:
+    """This process's device, rank and world size. Under torchrun (WORLD_SIZE > 1) it joins the
+    process group (gloo on the CPU, NCCL on GPUs, one GPU per local rank); else rank 0 of 1."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device, 0, 1
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, dist.get_rank(), dist.get_world_size()
+
+
+def _model_and_optimizer(args: argparse.Namespace, device: torch.device):
+    """The model, its optimizer and the epoch to start from: fresh (seeded: the same initial
+    weights in every process and for both models), or as --resume's checkpoint left them."""
+    torch.manual_seed(args.seed)
+    kwargs = {"backend": args.backend} if args.model == "fused" else {}
+    model = MODELS[args.model](device=device, **kwargs)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    if args.resume is None:
+        return model, optimizer, 0
+    state = torch.load(args.resume, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])  # SimpleCNN and FusedSimpleCNN share the keys
+    optimizer.load_state_dict(state["optimizer"])
+    return model, optimizer, state["epoch"]
+
+
+def _datasets(args: argparse.Namespace) -> tuple[TensorDataset, TensorDataset]:
+    """The training and test sets: CIFAR-10 from --data, else synthetic (a tenth for testing)."""
+    if args.data is not None:
+        return load_cifar10(args.data, True), load_cifar10(args.data, False)
+    train_set = synthetic_cifar(args.synthetic_size, seed=args.seed)
+    return train_set, synthetic_cifar(max(args.synthetic_size // 10, 1), seed=args.seed)
+
+
+def _step_limit_reached(max_steps: int | None, history: History) -> bool:
+    return max_steps is not None and len(history.step_losses) >= max_steps
+
+
+def _train_epoch(net, loader, optimizer, device, world, args, history, progress) -> dict:
+    """One epoch of SGD steps (fewer once the run has made --max-steps), each step's loss
+    appended to `history`; returns the epoch's training loss, accuracy and speed (images per
+    second over all `world` processes)."""
+    net.train()
+    seen, loss_sum, correct = 0, 0.0, 0
+    start = time.perf_counter()
+    for i, (x, y) in enumerate(loader):
+        if _step_limit_reached(args.max_steps, history):
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        optimizer.step()
+        history.step_losses.append(loss.item())
+        seen += len(y)
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        rate = seen * world / (time.perf_counter() - start)
+        progress.step(f"step {i + 1}/{len(loader)} loss {loss.item():.4f} {rate:,.0f} images/s")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    progress.end_epoch()
+    return {
+        "train_loss": loss_sum / max(seen, 1),
+        "train_accuracy": correct / max(seen, 1),
+        "images_per_s": seen * world / elapsed,
+    }
+
+
+class Progress:
+    """The training progress on `stream`. On a terminal one line, rewritten after every step
+    (``\\r``); in a file or a CI log nothing per step, where rewritten lines would pile up: the
+    epoch summaries report there."""
+
+    def __init__(self, stream, enabled: bool = True):
+        self.stream = stream
+        self.live = enabled and stream.isatty()
+        self.label = ""
+        self._width = 0  # of the line on screen, which a shorter one must cover
+
+    def step(self, status: str) -> None:
+        if not self.live:
+            return
+        line = f"{self.label} {status}" if self.label else status
+        print(f"\r{line.ljust(self._width)}", end="", file=self.stream, flush=True)
+        self._width = len(line)
+
+    def end_epoch(self) -> None:
+        if self.live and self._width:
+            print(file=self.stream, flush=True)
+        self._width = 0
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """The training command: data loading, convergence against the stock model, checkpoints,
 DistributedDataParallel."""
 
+import io
 import os
 import pickle
 import shutil
@@ -13,7 +14,14 @@ import torch
 import torch.nn.functional as F
 
 import simplecnn_kernels as sk
-from simplecnn_kernels.train import CIFAR_MEAN, CIFAR_STD, load_cifar10, main, synthetic_cifar
+from simplecnn_kernels.train import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    Progress,
+    load_cifar10,
+    main,
+    synthetic_cifar,
+)
 
 
 def write_tiny_cifar(root, per_batch=4, test=3, seed=0):
@@ -88,6 +96,35 @@ def test_loss_curves_of_both_models_agree():
     assert len(stock) == len(fused) == 20
     assert stock[0] != stock[-1]  # training moved
     np.testing.assert_allclose(fused, stock, rtol=1e-4)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_rewrites_one_line_on_a_terminal():
+    terminal = _Terminal()
+    progress = Progress(terminal)
+    progress.label = "epoch 1/2"
+    progress.step("step 1/2 1,000 images/s")
+    progress.step("step 2/2 999 images/s")  # shorter: blanks cover the rest of the last line
+    progress.end_epoch()
+    assert terminal.getvalue() == (
+        "\repoch 1/2 step 1/2 1,000 images/s\repoch 1/2 step 2/2 999 images/s  \n"
+    )
+
+
+def test_progress_in_a_log_is_one_line_per_epoch(capsys):
+    # capsys's streams are no terminal, as a file or a CI log: no rewritten lines pile up there.
+    main(["--epochs", "2", "--synthetic-size", "256", "--batch-size", "64"])
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("epoch")] == [
+        "epoch 1",
+        "epoch 2",
+    ]
+    assert err == ""
 
 
 def _ddp_worker(rank, world, init_file, x, y, out_file):
