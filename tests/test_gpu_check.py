@@ -1,6 +1,6 @@
 """The GPU check's parts that run without a GPU: bench/gpu_check.sh's syntax and time budget,
-bench/summarize.py on recorded sample results, and the GPU benchmark's stock variants and timing
-bookkeeping (bench/run.py, bench/measure.py).
+bench/summarize.py on recorded sample results, the GPU benchmark's stock variants and timing
+bookkeeping (bench/run.py, bench/measure.py), and bench/train_step.py's output folder.
 
 tests/data/gpu_check/ holds the samples: invented figures (not measurements) in the format
 bench/run.py and bench/train_step.py write, a junit.xml with a pass, a failure, an error and a
@@ -178,6 +178,18 @@ def test_sample_rows_have_the_keys_run_py_writes(name, case):
     fresh = run.rows_for(info, case, torch.float32, 1, modes, {}, 10**9, moved)
     for row in sample_rows(name):
         assert set(row) == set(fresh[0])
+
+
+@pytest.mark.slow
+def test_train_step_creates_its_out_folder(tmp_path):
+    out = tmp_path / "new" / "results"  # not there yet, as bench/run.py also allows
+    subprocess.run(
+        [sys.executable, str(BENCH / "train_step.py"), "--out", str(out), "--batches", "8",
+         "--memory-batch", "8", "--compile-mode", "none"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    result = json.loads((out / "train-cpu.json").read_text())
+    assert [m["model"] for m in result["memory"]] == ["SimpleCNN", "FusedSimpleCNN"]
 
 
 def test_stock_variants_per_device():
