@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from simplecnn_kernels.ops import conv_allows_tf32
+from simplecnn_kernels.stock_conv import conv_allows_tf32
 
 
 def machine(device: str) -> dict:

@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .ops import (
+from .stock_conv import (
     conv_allows_tf32,
     conv_grad_memory_format,
     output_memory_format,

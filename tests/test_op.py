@@ -421,8 +421,8 @@ def test_cuda_bfloat16_follows_cudnns_bfloat16_support(op, capability, monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     cuda = torch.device("cuda")
-    assert sk.ops.stock_conv_uses_cudnn(cuda, torch.bfloat16) == (capability >= (8, 0))
-    assert sk.ops.stock_conv_uses_cudnn(cuda, torch.float16)
+    assert sk.stock_conv.stock_conv_uses_cudnn(cuda, torch.bfloat16) == (capability >= (8, 0))
+    assert sk.stock_conv.stock_conv_uses_cudnn(cuda, torch.float16)
     with FakeTensorMode():
         x = torch.empty(2, 3, 8, 8, device="cuda", dtype=torch.bfloat16)
         w = torch.empty(4, 3, 3, 3, device="cuda", dtype=torch.bfloat16)
