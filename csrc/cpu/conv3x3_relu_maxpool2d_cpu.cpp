@@ -15,11 +15,11 @@
 #include "kernel_table.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 namespace simplecnn {
@@ -66,8 +66,7 @@ at::Tensor fused_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "conv3x3_relu_maxpool2d_cpu", [&] {
-                                    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>,
-                                                                     double, float>;
+                                    using acc_t = at::opmath_type<scalar_t>;
                                     cpu::FusedForward<scalar_t, acc_t>(input, weight, bias, out, pool).run();
                                   });
   return out;

@@ -17,6 +17,7 @@
 #include "staging.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
@@ -248,7 +249,7 @@ static void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& 
 
 #define SIMPLECNN_DISPATCH_CPU(NAME, ...)                                                        \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), NAME, [&] {     \
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;          \
+    using acc_t = at::opmath_type<scalar_t>;                                                   \
     __VA_ARGS__                                                                                  \
   })
 

@@ -10,8 +10,9 @@
 // reaches memory; with many input channels, a 2 x co_block x chunk_cols tile of partial sums does.
 // Unpooled (DirectKernels::unpooled), the last call stores both conv rows after ReLU instead.
 //
-// Deliberately free of ATen headers: kernels_avx2.cpp and kernels_avx512.cpp include it and
-// must not instantiate inline functions that the generic build would share.
+// Free of ATen headers, as are the other interfaces kernel_table.h includes (implicit_gemm.h,
+// winograd.h, backward_grad.h): the kernels_*.cpp files read only these, the vector layer and
+// the standard library.
 #pragma once
 
 #include <cstdint>

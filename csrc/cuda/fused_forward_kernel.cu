@@ -18,13 +18,12 @@
 #include "fused_forward_kernel.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-
-#include <type_traits>
 
 namespace simplecnn::cuda {
 namespace {
@@ -37,6 +36,9 @@ constexpr int kInCols = 2 * kTileW + 2;
 constexpr int kCoPerThread = 8;  // output channels per block (every thread does all of them)
 constexpr int kCiChunk = 4;      // input channels staged per shared-memory round
 
+// The stock max-pool's max and ReLU, as the CPU vector layer's max_keep_nan and relu_keep_nan
+// (csrc/cpu/vec/); these are the only device-side copies. Unlike the CPU's, this ReLU turns -0
+// into +0.
 template <typename acc_t>
 __device__ __forceinline__ acc_t max_keep_nan(acc_t a, acc_t b) {
   return (a != a || a > b) ? a : b;  // NaN wins, as in the stock max-pool
@@ -180,7 +182,7 @@ void launch_fused_forward(const at::Tensor& input, const at::Tensor& weight,
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_relu_maxpool2d_cuda", [&] {
-        using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+        using acc_t = at::opmath_type<scalar_t>;
         auto kernel = pool ? fused_forward_kernel<scalar_t, acc_t, true>
                            : fused_forward_kernel<scalar_t, acc_t, false>;
         kernel<<<grid, kThreads, 0, stream>>>(
