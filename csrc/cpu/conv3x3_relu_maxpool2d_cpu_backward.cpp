@@ -86,10 +86,6 @@ class FusedBackward {
 
   // The input, weight and bias gradients output_mask asks for (step 3, fused).
   Grads grads(std::array<bool, 3> mask) {
-    // The staged input gradient: [row][c_in][grad_w], columns -1 .. 2*Wo (and up to W) rounded
-    // up to whole vectors.
-    const int64_t grad_w = ceil_div(std::max(2 * Wo_ + 2, g_.w + 2), kStripAlign) * kStripAlign;
-    const int64_t grad_row_stride = g_.c_in * grad_w;
     at::Tensor grad_input;
     if (mask[0]) {  // every element is written below
       grad_input = at::empty(input_.sizes(),
@@ -97,55 +93,26 @@ class FusedBackward {
     }
     // Per-thread sums of the weight and bias gradients: [threads][c_out * c_in * 9 + c_out].
     const int64_t threads = at::get_num_threads();
-    const int64_t weight_size = g_.c_out * g_.c_in * 9, sums_size = weight_size + g_.c_out;
+    const int64_t sums_size = weight_size() + g_.c_out;
     std::vector<acc_t> sums(threads * sums_size, acc_t(0));
 
     at::parallel_for(0, N_, 1, [&](int64_t begin, int64_t end) {
       acc_t* my_sums = sums.data() + at::get_thread_num() * sums_size;
       Workspace ws(*this);
-      std::vector<acc_t> grad_rows(mask[0] ? staged_rows() * grad_row_stride : 0);
+      std::vector<acc_t> grad_rows(mask[0] ? staged_rows() * grad_row_stride() : 0);
       for (int64_t n = begin; n < end; ++n) {
-        fill_image_strips(n, ws, my_sums + weight_size);
+        fill_image_strips(n, ws, my_sums + weight_size());
         std::fill(grad_rows.begin(), grad_rows.end(), acc_t(0));
-        // Input channel outer, output channel inner: one input channel's staged rows (and its
-        // gradient rows) stay in L1 while the strips stream through in order.
-        for (int64_t ci = 0; ci < g_.c_in; ++ci)
-          for (int64_t co = 0; co < g_.c_out; ++co) {
-            const int64_t pair = (co * g_.c_in + ci) * 9;
-            const ChannelGradArgs<acc_t> args{ws.rows.data() + ci * g_.padded_w, g_.row_stride,
-                                              grad_rows.data() + ci * grad_w, grad_row_stride,
-                                              grad_w, channel_strips(ws, co), strip_stride_,
-                                              strip_w_, Ho_, weights_.data() + pair,
-                                              my_sums + pair};
-            if (mask[1]) grad_.weight(args);
-            if (mask[0]) grad_.input(args);
-          }
-        if (mask[0]) {  // staged row r, column c hold input row r - 1, column c - 1
-          scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>() + n * grad_input.stride(0);
-          for (int64_t ci = 0; ci < g_.c_in; ++ci)
-            for (int64_t y = 0; y < H_; ++y)  // H <= 2 * Ho + 1 = staged_rows - 1
-              for (int64_t x = 0; x < g_.w; ++x)
-                gi[ci * grad_input.stride(1) + y * grad_input.stride(2) +
-                   x * grad_input.stride(3)] = static_cast<scalar_t>(
-                    grad_rows[(y + 1) * grad_row_stride + ci * grad_w + x + 1]);
-        }
+        add_image_grads(ws, mask, grad_rows.data(), my_sums);
+        if (mask[0]) store_grad_input(grad_rows.data(), n, grad_input);
       }
     });
 
     for (int64_t t = 1; t < threads; ++t)
       for (int64_t i = 0; i < sums_size; ++i) sums[i] += sums[t * sums_size + i];
     std::optional<at::Tensor> grad_weight, grad_bias;
-    if (mask[1]) {
-      grad_weight = at::empty({g_.c_out, g_.c_in, 3, 3}, input_.options());
-      scalar_t* gw = grad_weight->mutable_data_ptr<scalar_t>();
-      for (int64_t i = 0; i < weight_size; ++i) gw[i] = static_cast<scalar_t>(sums[i]);
-    }
-    if (mask[2]) {
-      grad_bias = at::empty({g_.c_out}, input_.options());
-      scalar_t* gb = grad_bias->mutable_data_ptr<scalar_t>();
-      for (int64_t co = 0; co < g_.c_out; ++co)
-        gb[co] = static_cast<scalar_t>(sums[weight_size + co]);
-    }
+    if (mask[1]) grad_weight = to_tensor(sums.data(), {g_.c_out, g_.c_in, 3, 3});
+    if (mask[2]) grad_bias = to_tensor(sums.data() + weight_size(), {g_.c_out});
     return {mask[0] ? std::optional<at::Tensor>(grad_input) : std::nullopt, grad_weight,
             grad_bias};
   }
@@ -176,6 +143,13 @@ class FusedBackward {
 
  private:
   int64_t staged_rows() const { return 2 * Ho_ + 2; }
+  int64_t weight_size() const { return g_.c_out * g_.c_in * 9; }
+  // The staged input gradient: [row][c_in][grad_w], columns -1 .. 2*Wo (and up to W) rounded
+  // up to whole vectors.
+  int64_t grad_w() const {
+    return ceil_div(std::max(2 * Wo_ + 2, g_.w + 2), kStripAlign) * kStripAlign;
+  }
+  int64_t grad_row_stride() const { return g_.c_in * grad_w(); }
 
   // Per-thread buffers.
   struct Workspace {
@@ -217,6 +191,46 @@ class FusedBackward {
       }
       bias_sums[co] += sum;
     }
+  }
+
+  // Step 3 for the image whose strips `ws` holds, as far as `mask` asks: the input gradient
+  // added to `grad_rows` (staged as grad_w() describes), the weight gradient to `weight_sums`
+  // ([c_out][c_in][9]).
+  void add_image_grads(const Workspace& ws, std::array<bool, 3> mask, acc_t* grad_rows,
+                       acc_t* weight_sums) const {
+    const int64_t gw = grad_w(), grad_stride = grad_row_stride();
+    // Input channel outer, output channel inner: one input channel's staged rows (and its
+    // gradient rows) stay in L1 while the strips stream through in order.
+    for (int64_t ci = 0; ci < g_.c_in; ++ci)
+      for (int64_t co = 0; co < g_.c_out; ++co) {
+        const int64_t pair = (co * g_.c_in + ci) * 9;
+        const ChannelGradArgs<acc_t> args{ws.rows.data() + ci * g_.padded_w, g_.row_stride,
+                                          grad_rows + ci * gw, grad_stride, gw,
+                                          channel_strips(ws, co), strip_stride_, strip_w_, Ho_,
+                                          weights_.data() + pair, weight_sums + pair};
+        if (mask[1]) grad_.weight(args);
+        if (mask[0]) grad_.input(args);
+      }
+  }
+
+  // Image n of grad_input from the staged gradient rows: staged row r, column c hold input
+  // row r - 1, column c - 1.
+  void store_grad_input(const acc_t* grad_rows, int64_t n, const at::Tensor& grad_input) const {
+    const int64_t gw = grad_w(), grad_stride = grad_row_stride();
+    scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>() + n * grad_input.stride(0);
+    for (int64_t ci = 0; ci < g_.c_in; ++ci)
+      for (int64_t y = 0; y < H_; ++y)  // H <= 2 * Ho + 1 = staged_rows - 1
+        for (int64_t x = 0; x < g_.w; ++x)
+          gi[ci * grad_input.stride(1) + y * grad_input.stride(2) + x * grad_input.stride(3)] =
+              static_cast<scalar_t>(grad_rows[(y + 1) * grad_stride + ci * gw + x + 1]);
+  }
+
+  // `values` in a new tensor of the input's dtype and `sizes` (contiguous).
+  at::Tensor to_tensor(const acc_t* values, at::IntArrayRef sizes) const {
+    at::Tensor t = at::empty(sizes, input_.options());
+    scalar_t* dst = t.mutable_data_ptr<scalar_t>();
+    for (int64_t i = 0, n = t.numel(); i < n; ++i) dst[i] = static_cast<scalar_t>(values[i]);
+    return t;
   }
 
   const at::Tensor& grad_out_;
