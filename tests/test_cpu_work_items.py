@@ -45,9 +45,7 @@ def _coverage(items, n, windows_h, c_out):
 @pytest.mark.parametrize("level", cpu_levels())
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_each_output_is_written_by_exactly_one_work_item(algorithm, level):
-    for (n, c_in, c_out, h, w), threads, pool in itertools.product(
-        SHAPES, THREADS, [True, False]
-    ):
+    for (n, c_in, c_out, h, w), threads, pool in itertools.product(SHAPES, THREADS, [True, False]):
         x, weight = torch.empty(n, c_in, h, w), torch.empty(c_out, c_in, 3, 3)
         items = torch.ops.simplecnn._cpu_work_items(x, weight, pool, algorithm, threads)
         windows_h = h // 2 if pool else (h + 1) // 2
