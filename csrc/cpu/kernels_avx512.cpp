@@ -26,6 +26,7 @@ namespace simplecnn::cpu::avx512 {
 #include "direct_kernel.h"
 #include "implicit_gemm_kernel.h"
 #include "winograd_kernel.h"
+// After the kernels it tables.
 #include "level_kernels.h"
 }  // namespace simplecnn::cpu::avx512
 

@@ -130,8 +130,8 @@ struct WinogradItems {
   Item operator[](int64_t item) const {
     const int64_t group = item / splits, b0 = item % splits * blocks_per_item;
     const int64_t n0 = group / row_blocks * images, ty0 = group % row_blocks * rows;
-    return {n0, std::min(images, n - n0), ty0, std::min(rows, tiles_h - ty0), b0,
-            std::min(blocks, b0 + blocks_per_item)};
+    const int64_t b1 = std::min(blocks, b0 + blocks_per_item);
+    return {n0, std::min(images, n - n0), ty0, std::min(rows, tiles_h - ty0), b0, b1};
   }
 
   int64_t n, tiles_h, tiles_w, blocks;
