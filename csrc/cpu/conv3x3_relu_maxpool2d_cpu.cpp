@@ -47,8 +47,8 @@ std::string cpu_algorithm(const at::Tensor& input, const at::Tensor& weight) {
   check_inputs(input, weight, std::nullopt);
   const CpuKernels& k = cpu_kernels();
   const bool f64 = input.scalar_type() == at::kDouble;
-  const Algorithm algorithm =
-      f64 ? choose_algorithm<double>(k, input, weight) : choose_algorithm<float>(k, input, weight);
+  const Algorithm algorithm = f64 ? choose_algorithm<double>(k, input, weight)
+                                  : choose_algorithm<float>(k, input, weight);
   switch (algorithm) {
     case Algorithm::kWinograd2x2: return std::string("winograd_2x2/") + k.name;
     case Algorithm::kWinograd4x4: return std::string("winograd_4x4/") + k.name;
@@ -75,8 +75,9 @@ at::Tensor cpu_work_items(const at::Tensor& input, const at::Tensor& weight, boo
   const CpuKernels& k = cpu_kernels();
   if (algorithm == "direct") {
     const bool f64 = input.scalar_type() == at::kDouble;
-    const int64_t row_stride = f64 ? DirectGeometry(input, weight, direct_kernels<double>(k), pool).row_stride
-                                   : DirectGeometry(input, weight, direct_kernels<float>(k), pool).row_stride;
+    const int64_t row_stride =
+        f64 ? DirectGeometry(input, weight, direct_kernels<double>(k), pool).row_stride
+            : DirectGeometry(input, weight, direct_kernels<float>(k), pool).row_stride;
     const DirectItems items(n, ho, row_stride * (f64 ? 8 : 4), threads);
     for (int64_t i = 0; i < items.count; ++i) {
       const auto [image, py0, py1] = items[i];
@@ -92,8 +93,8 @@ at::Tensor cpu_work_items(const at::Tensor& input, const at::Tensor& weight, boo
     TORCH_CHECK(algorithm == "winograd_2x2" || algorithm == "winograd_4x4",
                 "_cpu_work_items: unknown algorithm '", algorithm, "'");
     const int m = algorithm == "winograd_4x4" ? 4 : 2, side = m / 2;
-    const WinogradItems items(m, n, ho, wo, ceil_div(c_out, kWinogradCoBlock),
-                              k.winograd_gemm_rows, threads);
+    const WinogradItems items(m, n, ho, wo, ceil_div(c_out, kWinogradCoBlock), k.winograd_gemm_rows,
+                              threads);
     for (int64_t i = 0; i < items.count; ++i) {
       const WinogradItems::Item item = items[i];
       add({item.n0, item.n0 + item.images, item.ty0 * side, (item.ty0 + item.rows) * side,
@@ -113,11 +114,11 @@ at::Tensor fused_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   cpu::winograd_setting();  // a bad SIMPLECNN_CPU_WINOGRAD fails every call, not only wide ones
   at::Tensor out = empty_output(input, weight, pool);
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                  "conv3x3_relu_maxpool2d_cpu", [&] {
-                                    using acc_t = at::opmath_type<scalar_t>;
-                                    cpu::FusedForward<scalar_t, acc_t>(input, weight, bias, out, pool).run();
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_relu_maxpool2d_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        cpu::FusedForward<scalar_t, acc_t>(input, weight, bias, out, pool).run();
+      });
   return out;
 }
 
@@ -137,8 +138,9 @@ TORCH_LIBRARY_FRAGMENT(simplecnn, m) {
   m.def("_cpu_algorithm(Tensor input, Tensor weight) -> str");
   // The work items of an algorithm's driver for these arguments (a test that they partition
   // the output).
-  m.def("_cpu_work_items(Tensor input, Tensor weight, bool pool, str algorithm, int threads) "
-        "-> Tensor");
+  m.def(
+      "_cpu_work_items(Tensor input, Tensor weight, bool pool, str algorithm, int threads) "
+      "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(simplecnn, CPU, m) {

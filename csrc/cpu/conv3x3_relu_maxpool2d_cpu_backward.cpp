@@ -65,9 +65,8 @@ class FusedBackward {
                 const std::optional<at::Tensor>& bias)
       : grad_out_(grad_out), input_(input), kernels_(cpu_kernels()),
         direct_(direct_kernels<acc_t>(kernels_)), grad_(grad_kernels<acc_t>(kernels_)),
-        g_(input, weight, direct_),
-        N_(input.size(0)),
-        H_(input.size(2)), Ho_(input.size(2) / 2), Wo_(g_.wo),
+        g_(input, weight, direct_), N_(input.size(0)), H_(input.size(2)), Ho_(input.size(2) / 2),
+        Wo_(g_.wo),
         // Strips cover conv columns [0, 2*Wo) rounded up to whole vectors; the staged rows are
         // wide enough for those reads (padded_w >= round_up(2*Wo, chunk_cols) + 2).
         strip_w_(ceil_div(2 * Wo_, kStripAlign) * kStripAlign),
@@ -113,8 +112,7 @@ class FusedBackward {
     std::optional<at::Tensor> grad_weight, grad_bias;
     if (mask[1]) grad_weight = to_tensor(sums.data(), {g_.c_out, g_.c_in, 3, 3});
     if (mask[2]) grad_bias = to_tensor(sums.data() + weight_size(), {g_.c_out});
-    return {mask[0] ? std::optional<at::Tensor>(grad_input) : std::nullopt, grad_weight,
-            grad_bias};
+    return {mask[0] ? std::optional<at::Tensor>(grad_input) : std::nullopt, grad_weight, grad_bias};
   }
 
   // The gradient of the conv output (before bias and ReLU), full-size: the strips written out.
@@ -132,9 +130,10 @@ class FusedBackward {
           const acc_t* strips = channel_strips(ws, co);
           for (int64_t y = 0; y < H_; ++y)  // rows and columns past 2*Ho, 2*Wo get nothing
             for (int64_t x = 0; x < g_.w; ++x)
-              o[n * oN + co * oC + y * oH + x * oW] =
-                  (y < 2 * Ho_ && x < 2 * Wo_) ? static_cast<scalar_t>(strips[y * strip_stride_ + x])
-                                               : scalar_t(0);
+              o[n * oN + co * oC + y * oH + x * oW] = (y < 2 * Ho_ && x < 2 * Wo_)
+                                                          ? static_cast<scalar_t>(
+                                                                strips[y * strip_stride_ + x])
+                                                          : scalar_t(0);
         }
       }
     });
@@ -170,11 +169,12 @@ class FusedBackward {
   // strips, add each channel's flowing gradient to bias_sums[co].
   void fill_image_strips(int64_t n, Workspace& ws, acc_t* bias_sums) {
     const int64_t plane = Ho_ * Wo_;
-    stage_rows<scalar_t, acc_t>(kernels_, input_, n, -1, staged_rows(), g_.padded_w, ws.rows.data());
+    stage_rows<scalar_t, acc_t>(kernels_, input_, n, -1, staged_rows(), g_.padded_w,
+                                ws.rows.data());
     for (int64_t py = 0; py < Ho_; ++py) {
       IndexTarget target{ws.index.data(), plane, Wo_, py, storage_type<scalar_t>()};
-      direct_row(g_, direct_, ws.rows.data() + 2 * py * g_.row_stride, packed_.data(),
-                 bias_.data(), ws.partial.data(), target);
+      direct_row(g_, direct_, ws.rows.data() + 2 * py * g_.row_stride, packed_.data(), bias_.data(),
+                 ws.partial.data(), target);
     }
     const scalar_t* go = grad_out_.const_data_ptr<scalar_t>();
     const int64_t gN = grad_out_.stride(0), gC = grad_out_.stride(1), gH = grad_out_.stride(2),
@@ -204,10 +204,17 @@ class FusedBackward {
     for (int64_t ci = 0; ci < g_.c_in; ++ci)
       for (int64_t co = 0; co < g_.c_out; ++co) {
         const int64_t pair = (co * g_.c_in + ci) * 9;
-        const ChannelGradArgs<acc_t> args{ws.rows.data() + ci * g_.padded_w, g_.row_stride,
-                                          grad_rows + ci * gw, grad_stride, gw,
-                                          channel_strips(ws, co), strip_stride_, strip_w_, Ho_,
-                                          weights_.data() + pair, weight_sums + pair};
+        const ChannelGradArgs<acc_t> args{ws.rows.data() + ci * g_.padded_w,
+                                          g_.row_stride,
+                                          grad_rows + ci * gw,
+                                          grad_stride,
+                                          gw,
+                                          channel_strips(ws, co),
+                                          strip_stride_,
+                                          strip_w_,
+                                          Ho_,
+                                          weights_.data() + pair,
+                                          weight_sums + pair};
         if (mask[1]) grad_.weight(args);
         if (mask[0]) grad_.input(args);
       }
@@ -255,16 +262,17 @@ static void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& 
   const std::vector<int64_t> expected{input.size(0), weight.size(0), input.size(2) / 2,
                                       input.size(3) / 2};
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(expected),
-              "conv3x3_relu_maxpool2d backward: expected grad_output of shape ", expected,
-              ", got ", grad_out.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type() && grad_out.device() == input.device(),
-              "conv3x3_relu_maxpool2d backward: grad_output must have the input's dtype and device");
+              "conv3x3_relu_maxpool2d backward: expected grad_output of shape ", expected, ", got ",
+              grad_out.sizes());
+  TORCH_CHECK(
+      grad_out.scalar_type() == input.scalar_type() && grad_out.device() == input.device(),
+      "conv3x3_relu_maxpool2d backward: grad_output must have the input's dtype and device");
 }
 
-#define SIMPLECNN_DISPATCH_CPU(NAME, ...)                                                        \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), NAME, [&] {     \
-    using acc_t = at::opmath_type<scalar_t>;                                                   \
-    __VA_ARGS__                                                                                  \
+#define SIMPLECNN_DISPATCH_CPU(NAME, ...)                                                    \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), NAME, [&] { \
+    using acc_t = at::opmath_type<scalar_t>;                                                 \
+    __VA_ARGS__                                                                              \
   })
 
 at::Tensor conv_grad_cpu(const at::Tensor& grad_out, const at::Tensor& input,

@@ -31,17 +31,12 @@ class FusedForward {
  public:
   FusedForward(const at::Tensor& input, const at::Tensor& weight,
                const std::optional<at::Tensor>& bias, const at::Tensor& out, bool pool)
-      : input_(input),
-        weight_(weight),
-        kernels_(cpu_kernels()),
-        direct_(direct_kernels<acc_t>(kernels_)),
-        geometry_(input, weight, direct_, pool),
-        pool_(pool),
-        N_(input.size(0)), C_in_(input.size(1)), C_out_(weight.size(0)),
+      : input_(input), weight_(weight), kernels_(cpu_kernels()),
+        direct_(direct_kernels<acc_t>(kernels_)), geometry_(input, weight, direct_, pool),
+        pool_(pool), N_(input.size(0)), C_in_(input.size(1)), C_out_(weight.size(0)),
         Ho_(pool ? out.size(2) : ceil_div(out.size(2), 2)),
         Wo_(pool ? out.size(3) : ceil_div(out.size(3), 2)),
-        bias_(read_bias<scalar_t, acc_t>(bias, weight.size(0))),
-        target_(out, pool, kernels_) {
+        bias_(read_bias<scalar_t, acc_t>(bias, weight.size(0))), target_(out, pool, kernels_) {
     algorithm_ = choose_algorithm<acc_t>(kernels_, input, weight);
     if (algorithm_ == Algorithm::kWinograd2x2 || algorithm_ == Algorithm::kWinograd4x4)
       transform_weights(weight);
@@ -233,7 +228,7 @@ class FusedForward {
   const std::vector<acc_t> bias_;
   const OutputTarget target_;
   Algorithm algorithm_ = Algorithm::kDirect;
-  std::vector<acc_t> packed_;         // direct kernel
+  std::vector<acc_t> packed_;  // direct kernel
   std::once_flag gemm_once_;
   std::unique_ptr<float[]> gemm_weights_;  // implicit GEMM
   std::vector<float> gemm_bias_;

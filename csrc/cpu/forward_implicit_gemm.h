@@ -24,8 +24,7 @@ void FusedForward<scalar_t, acc_t>::pack_gemm_block(const at::Tensor& weight, in
   // `to_stride` apart). float16 / bfloat16: slabs of columns in float32 first (on the stack: a
   // whole block's rows, 295 KB at 512 channels, cost page faults per call), then transposed.
   // 512 -> 512 4x4 bf16 N=1: 1.15 -> 0.64-0.74 ms.
-  const auto transpose_block = [&](const scalar_t* from, int64_t n, float* to,
-                                   int64_t to_stride) {
+  const auto transpose_block = [&](const scalar_t* from, int64_t n, float* to, int64_t to_stride) {
     if constexpr (std::is_same_v<scalar_t, float>) {
       kernels_.transpose(from, s0, kGemmCoBlock, n, to, to_stride);
     } else {
@@ -122,9 +121,8 @@ void FusedForward<scalar_t, acc_t>::implicit_gemm_rows(const float* staged, int6
     // the Winograd path, channel by channel along the rows (the output's order in NCHW).
     for (int64_t y = 0; y < 2 * rows; ++y) {
       const float* row = out + (y / 2 * Wo_ * 4 + y % 2 * 2) * kGemmCoBlock;
-      target_.store_row(n, 2 * py0 + y, co0, count, [&](int64_t x) {
-        return row + (x / 2 * 4 + x % 2) * kGemmCoBlock;
-      });
+      target_.store_row(n, 2 * py0 + y, co0, count,
+                        [&](int64_t x) { return row + (x / 2 * 4 + x % 2) * kGemmCoBlock; });
     }
   }
 }

@@ -20,8 +20,7 @@ void FusedForward<scalar_t, acc_t>::run_winograd() {
   const int m = winograd_m(), window_side = m / 2;
   const WinogradItems items(m, N_, Ho_, Wo_, wino_co() / kWinogradCoBlock,
                             kernels_.winograd_gemm_rows, at::get_num_threads());
-  const int64_t tiles_w = items.tiles_w, cols = m * tiles_w + 2, ci_p = wino_ci(),
-                co_p = wino_co();
+  const int64_t tiles_w = items.tiles_w, cols = m * tiles_w + 2, ci_p = wino_ci(), co_p = wino_co();
   const int64_t image_stride = (m * items.rows + 2) * cols * ci_p;
   const int64_t tiles = items.images * items.rows * tiles_w, positions = (m + 2) * (m + 2);
   const int64_t outputs = pool_ ? window_side * window_side : m * m;  // per tile
@@ -34,16 +33,29 @@ void FusedForward<scalar_t, acc_t>::run_winograd() {
       const WinogradItems::Item item = items[i];
       const int64_t n0 = item.n0, nb = item.images, ty0 = item.ty0, rb = item.rows;
       for (int64_t j = 0; j < nb; ++j)
-        stage_rows_channels_last<scalar_t>(kernels_, input_, n0 + j, m * ty0 - 1, m * rb + 2,
-                                           cols, ci_p, staged.data() + j * image_stride);
-      const WinogradTilesArgs args{m, staged.data(), image_stride, cols * ci_p, ci_p,
-                                   nb, rb, tiles_w, co_p, item.b0 * kWinogradCoBlock,
-                                   item.b1 * kWinogradCoBlock, u_.get(), wino_bias_.data(),
-                                   v.data(), products.data(), out.data(), pool_};
+        stage_rows_channels_last<scalar_t>(kernels_, input_, n0 + j, m * ty0 - 1, m * rb + 2, cols,
+                                           ci_p, staged.data() + j * image_stride);
+      const WinogradTilesArgs args{m,
+                                   staged.data(),
+                                   image_stride,
+                                   cols * ci_p,
+                                   ci_p,
+                                   nb,
+                                   rb,
+                                   tiles_w,
+                                   co_p,
+                                   item.b0 * kWinogradCoBlock,
+                                   item.b1 * kWinogradCoBlock,
+                                   u_.get(),
+                                   wino_bias_.data(),
+                                   v.data(),
+                                   products.data(),
+                                   out.data(),
+                                   pool_};
       if (kernels_.winograd_tiles(args)) {
         const int64_t co0 = item.b0 * kWinogradCoBlock;
-        store_winograd_outputs(out.data(), item, tiles_w,
-                               co0, std::min(item.b1 * kWinogradCoBlock, C_out_) - co0);
+        store_winograd_outputs(out.data(), item, tiles_w, co0,
+                               std::min(item.b1 * kWinogradCoBlock, C_out_) - co0);
         continue;
       }
       // A non-finite value somewhere in these tiles: the implicit GEMM, whose direct sums
@@ -51,8 +63,8 @@ void FusedForward<scalar_t, acc_t>::run_winograd() {
       const int64_t py0 = ty0 * window_side, py1 = std::min(Ho_, (ty0 + rb) * window_side);
       partial.resize((py1 - py0) * Wo_ * 4 * kGemmCoBlock);
       for (int64_t j = 0; j < nb; ++j)
-        implicit_gemm_rows(staged.data() + j * image_stride, cols, ci_p, n0 + j, py0,
-                           py1 - py0, item.b0, item.b1, partial.data());
+        implicit_gemm_rows(staged.data() + j * image_stride, cols, ci_p, n0 + j, py0, py1 - py0,
+                           item.b0, item.b1, partial.data());
     }
   });
 }
@@ -101,8 +113,8 @@ void FusedForward<scalar_t, acc_t>::transform_weights(const at::Tensor& weight) 
     for (int64_t b = begin; b < end; ++b) {
       pack_gemm_block(weight, b, g.data());
       std::fill(g.begin() + C_in_ * 9 * kWinogradCoBlock, g.end(), 0.0f);  // padding: 0
-      kernels_.transform_weights(m, g.data(), ci_p, u_.get() + b * ci_p * kWinogradCoBlock,
-                                 plane, stream);
+      kernels_.transform_weights(m, g.data(), ci_p, u_.get() + b * ci_p * kWinogradCoBlock, plane,
+                                 stream);
     }
   });
 }

@@ -19,8 +19,7 @@ namespace simplecnn::cpu {
 // inputs so the staged rows (2 per window row and 2 halo rows, `row_bytes` each) stay in L2.
 // Each block re-stages its 2 halo rows.
 struct DirectItems {
-  DirectItems(int64_t n, int64_t ho, int64_t row_bytes, int64_t threads)
-      : ho(ho), block_rows(ho) {
+  DirectItems(int64_t n, int64_t ho, int64_t row_bytes, int64_t threads) : ho(ho), block_rows(ho) {
     constexpr int64_t kScratchBudget = 256 * 1024;
     while (block_rows > 1 && (n * ceil_div(ho, block_rows) < 4 * threads ||
                               (2 * block_rows + 2) * row_bytes > kScratchBudget)) {
@@ -46,15 +45,13 @@ struct DirectItems {
 // blocks): with few windows the output channels give the threads their work. An item stages
 // its rows channels-last (whole images but for tall ones, within kStagedBudget).
 struct ImplicitGemmItems {
-  ImplicitGemmItems(int64_t n, int64_t ho, int64_t wo, int64_t c_in, int64_t c_out,
-                    int64_t threads)
+  ImplicitGemmItems(int64_t n, int64_t ho, int64_t wo, int64_t c_in, int64_t c_out, int64_t threads)
       : ho(ho), cols(2 * wo + 2), blocks(ceil_div(c_out, kGemmCoBlock)) {
     constexpr int64_t kStagedBudget = 512 * 1024;  // bytes of staged input per item
     rows = std::clamp<int64_t>(kStagedBudget / (2 * cols * c_in * int64_t(sizeof(float))) - 1, 1,
                                ho);
     row_blocks = ceil_div(ho, rows);
-    blocks_per_item =
-        ceil_div(blocks, std::min(blocks, ceil_div(4 * threads, n * row_blocks)));
+    blocks_per_item = ceil_div(blocks, std::min(blocks, ceil_div(4 * threads, n * row_blocks)));
     splits = ceil_div(blocks, blocks_per_item);  // no item without blocks
     count = n * row_blocks * splits;
   }
@@ -113,8 +110,7 @@ struct WinogradItems {
         for (int64_t r = std::clamp<int64_t>(max_tiles / tiles_w, 1, tiles_h); r >= 1; --r)
           consider(1, r, s);
       } else {
-        for (int64_t i = std::min(n, max_tiles / per_image); i >= 1; --i)
-          consider(i, tiles_h, s);
+        for (int64_t i = std::min(n, max_tiles / per_image); i >= 1; --i) consider(i, tiles_h, s);
       }
     }
     row_blocks = ceil_div(tiles_h, rows);
