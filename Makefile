@@ -13,7 +13,10 @@ BENCH_ARGS ?=
 # GPU architectures for the CUDA kernel (Ampere and Hopper, PTX for newer): override as needed.
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 
-SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cpu/vec/*.h csrc/cuda/*.cpp csrc/cuda/*.h csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
+# Every C++/CUDA file under csrc/ (the build reads them all), and what make lint formats.
+CSRC := $(shell find csrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) | sort)
+SOURCES := $(CSRC) setup.py pyproject.toml
+CXX_LINT := $(CSRC) $(wildcard bench/*.cpp)
 
 .PHONY: test bench bench-pytest build lint clean
 
@@ -42,6 +45,7 @@ bench-pytest: build
 lint: build
 	$(PY) -m ruff check simplecnn_kernels tests bench setup.py
 	$(PY) -m ruff format --check simplecnn_kernels tests bench setup.py
+	$(VENV)/bin/clang-format --dry-run -Werror $(CXX_LINT)
 
 clean:
 	rm -rf build simplecnn_kernels/_C*.so *.egg-info $(VENV)/.built

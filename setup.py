@@ -87,7 +87,7 @@ def cuda_wheel_includes():
 def extension():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # No -march=native: each instruction-set level is compiled by a target pragma in its own
-    # translation unit, and the level is chosen at run time (csrc/cpu/kernel_table.h).
+    # translation unit, and the level is chosen at run time (csrc/cpu/cpu_capability.cpp).
     # -fopenmp makes at::parallel_for (an inline OpenMP loop) parallel. It is not passed to the
     # linker: the GOMP symbols then resolve to the libgomp torch itself loaded, so the kernel
     # shares torch's thread pool and obeys torch.set_num_threads.

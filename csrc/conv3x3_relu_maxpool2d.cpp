@@ -79,8 +79,8 @@ at::Tensor empty_output(const at::Tensor& input, const at::Tensor& weight, bool 
   // The stock conv returns channels_last when the input or the weight is, but on CUDA only
   // where cuDNN computes it (enabled; it turns NHWC off for float64); ReLU and the pool keep
   // it. ops.py's output_memory_format makes the same choice for the fake kernels.
-  const bool nhwc_possible =
-      !input.is_cuda() || (stock_conv_uses_cudnn(input) && input.scalar_type() != at::kDouble);
+  const bool nhwc_possible = !input.is_cuda() ||
+                             (stock_conv_uses_cudnn(input) && input.scalar_type() != at::kDouble);
   const bool channels_last = nhwc_possible &&
                              (input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
                               weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast);

@@ -3,7 +3,8 @@
 //
 // The public ops (schemas in conv3x3_relu_maxpool2d.cpp) are dispatched in Python
 // (simplecnn_kernels/ops.py), which picks a backend. Their compiled backends are the device
-// kernels of the private op simplecnn::_fused_forward declared here.
+// kernels of the private op simplecnn::_fused_forward (CPU: fused_forward_cpu, declared here;
+// CUDA: csrc/cuda/), and on the CPU _fused_backward and _conv_grad for their gradients.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,5 +1,5 @@
-"""The CPU kernel: its instruction-set levels, its algorithms (direct, Winograd, implicit GEMM)
-and the register allocation of its SIMD micro-kernels."""
+"""The CPU kernel: its instruction-set levels, its algorithms (direct, Winograd F(2x2) and
+F(4x4), implicit GEMM) and the register allocation of its SIMD micro-kernels."""
 
 import itertools
 import math

@@ -2,7 +2,7 @@
 // (forward.h: the algorithm is picked per call, forward_algorithm.h; each algorithm's driver in
 // forward_direct.h, forward_winograd.h, forward_implicit_gemm.h) with the kernels of the
 // current instruction-set level (kernel_table.h), and the private ops that report and set the
-// level and the Winograd setting.
+// level and the Winograd setting and list the drivers' work items (work_items.h).
 //
 // float32, float16 and bfloat16 accumulate in float32; float64 accumulates in float64 with the
 // generic direct kernel.
@@ -13,13 +13,16 @@
 #include "forward_implicit_gemm.h"
 #include "forward_winograd.h"
 #include "kernel_table.h"
+#include "work_items.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/tensor.h>
 #include <torch/library.h>
 
+#include <initializer_list>
 #include <optional>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 namespace simplecnn {
@@ -44,8 +47,8 @@ std::string cpu_algorithm(const at::Tensor& input, const at::Tensor& weight) {
   check_inputs(input, weight, std::nullopt);
   const CpuKernels& k = cpu_kernels();
   const bool f64 = input.scalar_type() == at::kDouble;
-  const Algorithm algorithm =
-      f64 ? choose_algorithm<double>(k, input, weight) : choose_algorithm<float>(k, input, weight);
+  const Algorithm algorithm = f64 ? choose_algorithm<double>(k, input, weight)
+                                  : choose_algorithm<float>(k, input, weight);
   switch (algorithm) {
     case Algorithm::kWinograd2x2: return std::string("winograd_2x2/") + k.name;
     case Algorithm::kWinograd4x4: return std::string("winograd_4x4/") + k.name;
@@ -53,6 +56,53 @@ std::string cpu_algorithm(const at::Tensor& input, const at::Tensor& weight) {
     case Algorithm::kDirect: break;
   }
   return std::string("direct/") + (f64 ? "generic" : k.name);
+}
+
+// The work items of `algorithm`'s driver ("direct", "winograd_2x2", "winograd_4x4" or
+// "implicit_gemm") for these arguments on `threads` threads, whichever algorithm the call would
+// take: one row (n0, n1, py0, py1, co0, co1) per item, the images, window rows and output
+// channels it writes (work_items.h). Rows and channels may reach past the output where the
+// last tile or channel block does.
+at::Tensor cpu_work_items(const at::Tensor& input, const at::Tensor& weight, bool pool,
+                          const std::string& algorithm, int64_t threads) {
+  check_inputs(input, weight, std::nullopt, pool);
+  TORCH_CHECK(threads > 0, "_cpu_work_items: threads must be positive, got ", threads);
+  const int64_t n = input.size(0), c_out = weight.size(0);
+  const int64_t ho = pool ? input.size(2) / 2 : ceil_div(input.size(2), 2);
+  const int64_t wo = pool ? input.size(3) / 2 : ceil_div(input.size(3), 2);
+  std::vector<int64_t> rows;
+  const auto add = [&](std::initializer_list<int64_t> row) { rows.insert(rows.end(), row); };
+  const CpuKernels& k = cpu_kernels();
+  if (algorithm == "direct") {
+    const bool f64 = input.scalar_type() == at::kDouble;
+    const int64_t row_stride =
+        f64 ? DirectGeometry(input, weight, direct_kernels<double>(k), pool).row_stride
+            : DirectGeometry(input, weight, direct_kernels<float>(k), pool).row_stride;
+    const DirectItems items(n, ho, row_stride * (f64 ? 8 : 4), threads);
+    for (int64_t i = 0; i < items.count; ++i) {
+      const auto [image, py0, py1] = items[i];
+      add({image, image + 1, py0, py1, 0, c_out});
+    }
+  } else if (algorithm == "implicit_gemm") {
+    const ImplicitGemmItems items(n, ho, wo, input.size(1), c_out, threads);
+    for (int64_t i = 0; i < items.count; ++i) {
+      const auto [image, py0, item_rows, b0, b1] = items[i];
+      add({image, image + 1, py0, py0 + item_rows, b0 * kGemmCoBlock, b1 * kGemmCoBlock});
+    }
+  } else {
+    TORCH_CHECK(algorithm == "winograd_2x2" || algorithm == "winograd_4x4",
+                "_cpu_work_items: unknown algorithm '", algorithm, "'");
+    const int m = algorithm == "winograd_4x4" ? 4 : 2, side = m / 2;
+    const WinogradItems items(m, n, ho, wo, ceil_div(c_out, kWinogradCoBlock), k.winograd_gemm_rows,
+                              threads);
+    for (int64_t i = 0; i < items.count; ++i) {
+      const WinogradItems::Item item = items[i];
+      add({item.n0, item.n0 + item.images, item.ty0 * side, (item.ty0 + item.rows) * side,
+           item.b0 * kWinogradCoBlock, item.b1 * kWinogradCoBlock});
+    }
+  }
+  const int64_t count = static_cast<int64_t>(rows.size()) / 6;
+  return at::tensor(rows, at::kLong).view({count, 6});
 }
 
 }  // namespace
@@ -64,12 +114,11 @@ at::Tensor fused_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   cpu::winograd_setting();  // a bad SIMPLECNN_CPU_WINOGRAD fails every call, not only wide ones
   at::Tensor out = empty_output(input, weight, pool);
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                  "conv3x3_relu_maxpool2d_cpu", [&] {
-                                    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>,
-                                                                     double, float>;
-                                    cpu::FusedForward<scalar_t, acc_t>(input, weight, bias, out, pool).run();
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_relu_maxpool2d_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        cpu::FusedForward<scalar_t, acc_t>(input, weight, bias, out, pool).run();
+      });
   return out;
 }
 
@@ -87,9 +136,15 @@ TORCH_LIBRARY_FRAGMENT(simplecnn, m) {
   // Which algorithm the CPU kernel picks for these arguments and the level of its kernel:
   // "direct", "winograd_4x4", "winograd_2x2" or "implicit_gemm", then "/" and the level.
   m.def("_cpu_algorithm(Tensor input, Tensor weight) -> str");
+  // The work items of an algorithm's driver for these arguments (a test that they partition
+  // the output).
+  m.def(
+      "_cpu_work_items(Tensor input, Tensor weight, bool pool, str algorithm, int threads) "
+      "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(simplecnn, CPU, m) {
   m.impl("_fused_forward", &simplecnn::fused_forward_cpu);
   m.impl("_cpu_algorithm", &simplecnn::cpu::cpu_algorithm);
+  m.impl("_cpu_work_items", &simplecnn::cpu::cpu_work_items);
 }

@@ -17,6 +17,7 @@
 #include "staging.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
@@ -64,9 +65,8 @@ class FusedBackward {
                 const std::optional<at::Tensor>& bias)
       : grad_out_(grad_out), input_(input), kernels_(cpu_kernels()),
         direct_(direct_kernels<acc_t>(kernels_)), grad_(grad_kernels<acc_t>(kernels_)),
-        g_(input, weight, direct_),
-        N_(input.size(0)),
-        H_(input.size(2)), Ho_(input.size(2) / 2), Wo_(g_.wo),
+        g_(input, weight, direct_), N_(input.size(0)), H_(input.size(2)), Ho_(input.size(2) / 2),
+        Wo_(g_.wo),
         // Strips cover conv columns [0, 2*Wo) rounded up to whole vectors; the staged rows are
         // wide enough for those reads (padded_w >= round_up(2*Wo, chunk_cols) + 2).
         strip_w_(ceil_div(2 * Wo_, kStripAlign) * kStripAlign),
@@ -85,10 +85,6 @@ class FusedBackward {
 
   // The input, weight and bias gradients output_mask asks for (step 3, fused).
   Grads grads(std::array<bool, 3> mask) {
-    // The staged input gradient: [row][c_in][grad_w], columns -1 .. 2*Wo (and up to W) rounded
-    // up to whole vectors.
-    const int64_t grad_w = ceil_div(std::max(2 * Wo_ + 2, g_.w + 2), kStripAlign) * kStripAlign;
-    const int64_t grad_row_stride = g_.c_in * grad_w;
     at::Tensor grad_input;
     if (mask[0]) {  // every element is written below
       grad_input = at::empty(input_.sizes(),
@@ -96,57 +92,27 @@ class FusedBackward {
     }
     // Per-thread sums of the weight and bias gradients: [threads][c_out * c_in * 9 + c_out].
     const int64_t threads = at::get_num_threads();
-    const int64_t weight_size = g_.c_out * g_.c_in * 9, sums_size = weight_size + g_.c_out;
+    const int64_t sums_size = weight_size() + g_.c_out;
     std::vector<acc_t> sums(threads * sums_size, acc_t(0));
 
     at::parallel_for(0, N_, 1, [&](int64_t begin, int64_t end) {
       acc_t* my_sums = sums.data() + at::get_thread_num() * sums_size;
       Workspace ws(*this);
-      std::vector<acc_t> grad_rows(mask[0] ? staged_rows() * grad_row_stride : 0);
+      std::vector<acc_t> grad_rows(mask[0] ? staged_rows() * grad_row_stride() : 0);
       for (int64_t n = begin; n < end; ++n) {
-        fill_image_strips(n, ws, my_sums + weight_size);
+        fill_image_strips(n, ws, my_sums + weight_size());
         std::fill(grad_rows.begin(), grad_rows.end(), acc_t(0));
-        // Input channel outer, output channel inner: one input channel's staged rows (and its
-        // gradient rows) stay in L1 while the strips stream through in order.
-        for (int64_t ci = 0; ci < g_.c_in; ++ci)
-          for (int64_t co = 0; co < g_.c_out; ++co) {
-            const int64_t pair = (co * g_.c_in + ci) * 9;
-            const ChannelGradArgs<acc_t> args{ws.rows.data() + ci * g_.padded_w, g_.row_stride,
-                                              grad_rows.data() + ci * grad_w, grad_row_stride,
-                                              grad_w, channel_strips(ws, co), strip_stride_,
-                                              strip_w_, Ho_, weights_.data() + pair,
-                                              my_sums + pair};
-            if (mask[1]) grad_.weight(args);
-            if (mask[0]) grad_.input(args);
-          }
-        if (mask[0]) {  // staged row r, column c hold input row r - 1, column c - 1
-          scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>() + n * grad_input.stride(0);
-          for (int64_t ci = 0; ci < g_.c_in; ++ci)
-            for (int64_t y = 0; y < H_; ++y)  // H <= 2 * Ho + 1 = staged_rows - 1
-              for (int64_t x = 0; x < g_.w; ++x)
-                gi[ci * grad_input.stride(1) + y * grad_input.stride(2) +
-                   x * grad_input.stride(3)] = static_cast<scalar_t>(
-                    grad_rows[(y + 1) * grad_row_stride + ci * grad_w + x + 1]);
-        }
+        add_image_grads(ws, mask, grad_rows.data(), my_sums);
+        if (mask[0]) store_grad_input(grad_rows.data(), n, grad_input);
       }
     });
 
     for (int64_t t = 1; t < threads; ++t)
       for (int64_t i = 0; i < sums_size; ++i) sums[i] += sums[t * sums_size + i];
     std::optional<at::Tensor> grad_weight, grad_bias;
-    if (mask[1]) {
-      grad_weight = at::empty({g_.c_out, g_.c_in, 3, 3}, input_.options());
-      scalar_t* gw = grad_weight->mutable_data_ptr<scalar_t>();
-      for (int64_t i = 0; i < weight_size; ++i) gw[i] = static_cast<scalar_t>(sums[i]);
-    }
-    if (mask[2]) {
-      grad_bias = at::empty({g_.c_out}, input_.options());
-      scalar_t* gb = grad_bias->mutable_data_ptr<scalar_t>();
-      for (int64_t co = 0; co < g_.c_out; ++co)
-        gb[co] = static_cast<scalar_t>(sums[weight_size + co]);
-    }
-    return {mask[0] ? std::optional<at::Tensor>(grad_input) : std::nullopt, grad_weight,
-            grad_bias};
+    if (mask[1]) grad_weight = to_tensor(sums.data(), {g_.c_out, g_.c_in, 3, 3});
+    if (mask[2]) grad_bias = to_tensor(sums.data() + weight_size(), {g_.c_out});
+    return {mask[0] ? std::optional<at::Tensor>(grad_input) : std::nullopt, grad_weight, grad_bias};
   }
 
   // The gradient of the conv output (before bias and ReLU), full-size: the strips written out.
@@ -164,9 +130,10 @@ class FusedBackward {
           const acc_t* strips = channel_strips(ws, co);
           for (int64_t y = 0; y < H_; ++y)  // rows and columns past 2*Ho, 2*Wo get nothing
             for (int64_t x = 0; x < g_.w; ++x)
-              o[n * oN + co * oC + y * oH + x * oW] =
-                  (y < 2 * Ho_ && x < 2 * Wo_) ? static_cast<scalar_t>(strips[y * strip_stride_ + x])
-                                               : scalar_t(0);
+              o[n * oN + co * oC + y * oH + x * oW] = (y < 2 * Ho_ && x < 2 * Wo_)
+                                                          ? static_cast<scalar_t>(
+                                                                strips[y * strip_stride_ + x])
+                                                          : scalar_t(0);
         }
       }
     });
@@ -175,6 +142,13 @@ class FusedBackward {
 
  private:
   int64_t staged_rows() const { return 2 * Ho_ + 2; }
+  int64_t weight_size() const { return g_.c_out * g_.c_in * 9; }
+  // The staged input gradient: [row][c_in][grad_w], columns -1 .. 2*Wo (and up to W) rounded
+  // up to whole vectors.
+  int64_t grad_w() const {
+    return ceil_div(std::max(2 * Wo_ + 2, g_.w + 2), kStripAlign) * kStripAlign;
+  }
+  int64_t grad_row_stride() const { return g_.c_in * grad_w(); }
 
   // Per-thread buffers.
   struct Workspace {
@@ -195,11 +169,12 @@ class FusedBackward {
   // strips, add each channel's flowing gradient to bias_sums[co].
   void fill_image_strips(int64_t n, Workspace& ws, acc_t* bias_sums) {
     const int64_t plane = Ho_ * Wo_;
-    stage_rows<scalar_t, acc_t>(kernels_, input_, n, -1, staged_rows(), g_.padded_w, ws.rows.data());
+    stage_rows<scalar_t, acc_t>(kernels_, input_, n, -1, staged_rows(), g_.padded_w,
+                                ws.rows.data());
     for (int64_t py = 0; py < Ho_; ++py) {
       IndexTarget target{ws.index.data(), plane, Wo_, py, storage_type<scalar_t>()};
-      direct_row(g_, direct_, ws.rows.data() + 2 * py * g_.row_stride, packed_.data(),
-                 bias_.data(), ws.partial.data(), target);
+      direct_row(g_, direct_, ws.rows.data() + 2 * py * g_.row_stride, packed_.data(), bias_.data(),
+                 ws.partial.data(), target);
     }
     const scalar_t* go = grad_out_.const_data_ptr<scalar_t>();
     const int64_t gN = grad_out_.stride(0), gC = grad_out_.stride(1), gH = grad_out_.stride(2),
@@ -216,6 +191,53 @@ class FusedBackward {
       }
       bias_sums[co] += sum;
     }
+  }
+
+  // Step 3 for the image whose strips `ws` holds, as far as `mask` asks: the input gradient
+  // added to `grad_rows` (staged as grad_w() describes), the weight gradient to `weight_sums`
+  // ([c_out][c_in][9]).
+  void add_image_grads(const Workspace& ws, std::array<bool, 3> mask, acc_t* grad_rows,
+                       acc_t* weight_sums) const {
+    const int64_t gw = grad_w(), grad_stride = grad_row_stride();
+    // Input channel outer, output channel inner: one input channel's staged rows (and its
+    // gradient rows) stay in L1 while the strips stream through in order.
+    for (int64_t ci = 0; ci < g_.c_in; ++ci)
+      for (int64_t co = 0; co < g_.c_out; ++co) {
+        const int64_t pair = (co * g_.c_in + ci) * 9;
+        const ChannelGradArgs<acc_t> args{ws.rows.data() + ci * g_.padded_w,
+                                          g_.row_stride,
+                                          grad_rows + ci * gw,
+                                          grad_stride,
+                                          gw,
+                                          channel_strips(ws, co),
+                                          strip_stride_,
+                                          strip_w_,
+                                          Ho_,
+                                          weights_.data() + pair,
+                                          weight_sums + pair};
+        if (mask[1]) grad_.weight(args);
+        if (mask[0]) grad_.input(args);
+      }
+  }
+
+  // Image n of grad_input from the staged gradient rows: staged row r, column c hold input
+  // row r - 1, column c - 1.
+  void store_grad_input(const acc_t* grad_rows, int64_t n, const at::Tensor& grad_input) const {
+    const int64_t gw = grad_w(), grad_stride = grad_row_stride();
+    scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>() + n * grad_input.stride(0);
+    for (int64_t ci = 0; ci < g_.c_in; ++ci)
+      for (int64_t y = 0; y < H_; ++y)  // H <= 2 * Ho + 1 = staged_rows - 1
+        for (int64_t x = 0; x < g_.w; ++x)
+          gi[ci * grad_input.stride(1) + y * grad_input.stride(2) + x * grad_input.stride(3)] =
+              static_cast<scalar_t>(grad_rows[(y + 1) * grad_stride + ci * gw + x + 1]);
+  }
+
+  // `values` in a new tensor of the input's dtype and `sizes` (contiguous).
+  at::Tensor to_tensor(const acc_t* values, at::IntArrayRef sizes) const {
+    at::Tensor t = at::empty(sizes, input_.options());
+    scalar_t* dst = t.mutable_data_ptr<scalar_t>();
+    for (int64_t i = 0, n = t.numel(); i < n; ++i) dst[i] = static_cast<scalar_t>(values[i]);
+    return t;
   }
 
   const at::Tensor& grad_out_;
@@ -240,16 +262,17 @@ static void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& 
   const std::vector<int64_t> expected{input.size(0), weight.size(0), input.size(2) / 2,
                                       input.size(3) / 2};
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(expected),
-              "conv3x3_relu_maxpool2d backward: expected grad_output of shape ", expected,
-              ", got ", grad_out.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type() && grad_out.device() == input.device(),
-              "conv3x3_relu_maxpool2d backward: grad_output must have the input's dtype and device");
+              "conv3x3_relu_maxpool2d backward: expected grad_output of shape ", expected, ", got ",
+              grad_out.sizes());
+  TORCH_CHECK(
+      grad_out.scalar_type() == input.scalar_type() && grad_out.device() == input.device(),
+      "conv3x3_relu_maxpool2d backward: grad_output must have the input's dtype and device");
 }
 
-#define SIMPLECNN_DISPATCH_CPU(NAME, ...)                                                        \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), NAME, [&] {     \
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;          \
-    __VA_ARGS__                                                                                  \
+#define SIMPLECNN_DISPATCH_CPU(NAME, ...)                                                    \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), NAME, [&] { \
+    using acc_t = at::opmath_type<scalar_t>;                                                 \
+    __VA_ARGS__                                                                              \
   })
 
 at::Tensor conv_grad_cpu(const at::Tensor& grad_out, const at::Tensor& input,

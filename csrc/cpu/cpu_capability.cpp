@@ -58,8 +58,8 @@ void check_supported(const std::string& level, const char* source) {
   for (const auto& s : supported)
     if (s == level) return;
   const bool known = level == "avx512" || level == "avx2" || level == "generic";
-  TORCH_CHECK(false, source, "'", level, "': ",
-              known ? "this CPU cannot run it" : "not a CPU capability level",
+  TORCH_CHECK(false, source, "'", level,
+              "': ", known ? "this CPU cannot run it" : "not a CPU capability level",
               "; this CPU runs: ", c10::Join(", ", supported));
 }
 

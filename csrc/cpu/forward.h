@@ -6,6 +6,7 @@
 #include "forward_algorithm.h"
 #include "kernel_table.h"
 #include "staging.h"
+#include "work_items.h"
 
 #include <ATen/core/Tensor.h>
 
@@ -30,17 +31,12 @@ class FusedForward {
  public:
   FusedForward(const at::Tensor& input, const at::Tensor& weight,
                const std::optional<at::Tensor>& bias, const at::Tensor& out, bool pool)
-      : input_(input),
-        weight_(weight),
-        kernels_(cpu_kernels()),
-        direct_(direct_kernels<acc_t>(kernels_)),
-        geometry_(input, weight, direct_, pool),
-        pool_(pool),
-        N_(input.size(0)), C_in_(input.size(1)), C_out_(weight.size(0)),
+      : input_(input), weight_(weight), kernels_(cpu_kernels()),
+        direct_(direct_kernels<acc_t>(kernels_)), geometry_(input, weight, direct_, pool),
+        pool_(pool), N_(input.size(0)), C_in_(input.size(1)), C_out_(weight.size(0)),
         Ho_(pool ? out.size(2) : ceil_div(out.size(2), 2)),
         Wo_(pool ? out.size(3) : ceil_div(out.size(3), 2)),
-        bias_(read_bias<scalar_t, acc_t>(bias, weight.size(0))),
-        target_(out, pool, kernels_) {
+        bias_(read_bias<scalar_t, acc_t>(bias, weight.size(0))), target_(out, pool, kernels_) {
     algorithm_ = choose_algorithm<acc_t>(kernels_, input, weight);
     if (algorithm_ == Algorithm::kWinograd2x2 || algorithm_ == Algorithm::kWinograd4x4)
       transform_weights(weight);
@@ -176,19 +172,14 @@ class FusedForward {
   // `rows` is the scratch at its top halo row.
   void direct_window_row(int64_t n, int64_t py, const acc_t* rows, Workspace& ws);
 
-  // Work items are (image, block of pooled rows). Whole images while there are enough of them
-  // to keep every thread busy; smaller blocks for small batches, and for wide inputs so the
-  // staged rows stay in L2. Each block re-stages its 2 halo rows.
+  // Each algorithm's driver, over its work items (work_items.h).
   void run_direct();
-
-  // Work items are (group of tiles, range of 16-channel output blocks). A group is several
-  // tile rows of one image, or several whole images when images are small; its GEMMs read
-  // each transformed weight once from memory (4 MB at 256 channels for F(2x2), 9 MB for
-  // F(4x4)) and reuse it for every tile of the group, up to a group size whose work space
-  // still fits L2. Output channels are split when there are too few groups to keep the
-  // threads busy. The items' shape minimizes the busiest thread's work, in tiles x blocks:
-  // ceil(items / threads) x (GEMM rows + kCallOverheadTiles) x blocks per item.
   void run_winograd();
+
+  // The outputs of a Winograd item's tiles (`out`: WinogradTilesArgs::out) for channels
+  // [co0, co0 + count), stored in the output's layout.
+  void store_winograd_outputs(const float* out, const WinogradItems::Item& item, int64_t tiles_w,
+                              int64_t co0, int64_t count) const;
 
   // The bias in float32, zeros up to `size` (the channels padded to whole blocks).
   std::vector<float> padded_bias(int64_t size) const {
@@ -201,9 +192,8 @@ class FusedForward {
   // C_out: the implicit GEMM's layout, and the Winograd transform's input.
   void pack_gemm_block(const at::Tensor& weight, int64_t b, float* dst) const;
 
-  // Work items are (image, block of pooled rows, range of 16-channel blocks): with few windows
-  // the output channels give the threads their work. An item stages its rows channels-last
-  // (whole images but for tall ones), then runs every window for each of its channel blocks.
+  // An implicit-GEMM item stages its rows channels-last, then runs every window for each of
+  // its channel blocks.
   void run_implicit_gemm();
 
   // Pooled rows [py0, py0 + rows) of image n, output channel blocks [b0, b1), by the implicit
@@ -238,7 +228,7 @@ class FusedForward {
   const std::vector<acc_t> bias_;
   const OutputTarget target_;
   Algorithm algorithm_ = Algorithm::kDirect;
-  std::vector<acc_t> packed_;         // direct kernel
+  std::vector<acc_t> packed_;  // direct kernel
   std::once_flag gemm_once_;
   std::unique_ptr<float[]> gemm_weights_;  // implicit GEMM
   std::vector<float> gemm_bias_;

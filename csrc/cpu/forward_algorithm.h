@@ -57,8 +57,9 @@ inline WinogradSetting winograd_setting() {
   if (now >= 0) return static_cast<WinogradSetting>(now);
   const char* value = std::getenv("SIMPLECNN_CPU_WINOGRAD");
   const std::string text = value == nullptr || *value == '\0' ? "4x4" : value;
-  const WinogradSetting from_env =
-      text == "0" ? WinogradSetting::kOff : parse_winograd_setting(text, "SIMPLECNN_CPU_WINOGRAD=");
+  const WinogradSetting from_env = text == "0"
+                                       ? WinogradSetting::kOff
+                                       : parse_winograd_setting(text, "SIMPLECNN_CPU_WINOGRAD=");
   int expected = -1;  // unless set_cpu_winograd came first
   winograd_setting_now.compare_exchange_strong(expected, static_cast<int>(from_env));
   return static_cast<WinogradSetting>(winograd_setting_now.load(std::memory_order_relaxed));
@@ -74,8 +75,7 @@ Algorithm choose_algorithm(const CpuKernels& k, const at::Tensor& input, const a
     const int64_t pooled_h = input.size(2) / 2, pooled_w = input.size(3) / 2;
     const int64_t windows = input.size(0) * pooled_h * pooled_w;
     const WinogradSetting setting = winograd_setting();
-    if (windows >= kWinogradMinWindows && setting != WinogradSetting::kOff &&
-        all_finite(weight)) {
+    if (windows >= kWinogradMinWindows && setting != WinogradSetting::kOff && all_finite(weight)) {
       // F(4x4) where its GEMM work (36 products per 4x4 tile against F(2x2)'s 16 per window,
       // per channel pair) is at least 20% less, odd sizes' partial tiles included, and there
       // are enough tiles to repay its larger weight transform (36 positions against 16; at

@@ -6,10 +6,7 @@
 
 #include <ATen/Parallel.h>
 
-#include <algorithm>
 #include <atomic>
-#include <limits>
-#include <vector>
 
 namespace simplecnn::cpu {
 
@@ -23,22 +20,12 @@ void FusedForward<scalar_t, acc_t>::direct_window_row(int64_t n, int64_t py, con
 template <typename scalar_t, typename acc_t>
 void FusedForward<scalar_t, acc_t>::run_direct() {
   packed_ = pack_direct_weights<scalar_t, acc_t>(weight_, geometry_.co_block);
-  constexpr int64_t kScratchBudget = 256 * 1024;
-  const int64_t want_items = 4 * at::get_num_threads();
   const int64_t row_stride = geometry_.row_stride;
-  int64_t block_rows = Ho_;
-  while (block_rows > 1 &&
-         (N_ * ceil_div(Ho_, block_rows) < want_items ||
-          (2 * block_rows + 2) * row_stride * int64_t(sizeof(acc_t)) > kScratchBudget)) {
-    block_rows = ceil_div(block_rows, 2);
-  }
-  const int64_t blocks_per_image = ceil_div(Ho_, block_rows);
-  at::parallel_for(0, N_ * blocks_per_image, 1, [&](int64_t begin, int64_t end) {
-    Workspace ws(*this, 2 * block_rows + 2);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / blocks_per_image;
-      const int64_t py0 = (item % blocks_per_image) * block_rows;
-      const int64_t py1 = std::min(Ho_, py0 + block_rows);
+  const DirectItems items(N_, Ho_, row_stride * int64_t(sizeof(acc_t)), at::get_num_threads());
+  at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
+    Workspace ws(*this, 2 * items.block_rows + 2);
+    for (int64_t i = begin; i < end; ++i) {
+      const auto [n, py0, py1] = items[i];
       stage_rows<scalar_t, acc_t>(kernels_, input_, n, 2 * py0 - 1, 2 * (py1 - py0) + 2,
                                   geometry_.padded_w, ws.scratch.data());
       for (int64_t py = py0; py < py1; ++py)

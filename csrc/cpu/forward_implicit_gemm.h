@@ -8,7 +8,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <limits>
 #include <vector>
 
 namespace simplecnn::cpu {
@@ -25,8 +24,7 @@ void FusedForward<scalar_t, acc_t>::pack_gemm_block(const at::Tensor& weight, in
   // `to_stride` apart). float16 / bfloat16: slabs of columns in float32 first (on the stack: a
   // whole block's rows, 295 KB at 512 channels, cost page faults per call), then transposed.
   // 512 -> 512 4x4 bf16 N=1: 1.15 -> 0.64-0.74 ms.
-  const auto transpose_block = [&](const scalar_t* from, int64_t n, float* to,
-                                   int64_t to_stride) {
+  const auto transpose_block = [&](const scalar_t* from, int64_t n, float* to, int64_t to_stride) {
     if constexpr (std::is_same_v<scalar_t, float>) {
       kernels_.transpose(from, s0, kGemmCoBlock, n, to, to_stride);
     } else {
@@ -62,25 +60,17 @@ void FusedForward<scalar_t, acc_t>::pack_gemm_block(const at::Tensor& weight, in
 
 template <typename scalar_t, typename acc_t>
 void FusedForward<scalar_t, acc_t>::run_implicit_gemm() {
-  constexpr int64_t kStagedBudget = 512 * 1024;  // bytes of staged input per item
-  const int64_t blocks = ceil_div(C_out_, kGemmCoBlock), cols = 2 * Wo_ + 2;
-  const int64_t rows = std::clamp<int64_t>(
-      kStagedBudget / (2 * cols * C_in_ * int64_t(sizeof(float))) - 1, 1, Ho_);
-  const int64_t row_blocks = ceil_div(Ho_, rows);
-  const int64_t blocks_per_item =
-      ceil_div(blocks, std::min(blocks, ceil_div(4 * at::get_num_threads(), N_ * row_blocks)));
-  const int64_t splits = ceil_div(blocks, blocks_per_item);  // no item without blocks
+  const ImplicitGemmItems items(N_, Ho_, Wo_, C_in_, C_out_, at::get_num_threads());
+  const int64_t cols = items.cols;
   gemm_weights();  // before the threads start
-  at::parallel_for(0, N_ * row_blocks * splits, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> staged((2 * rows + 2) * cols * C_in_);
-    std::vector<float> partial(rows * Wo_ * 4 * kGemmCoBlock);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / (row_blocks * splits), py0 = (item / splits) % row_blocks * rows;
-      const int64_t b0 = (item % splits) * blocks_per_item, rb = std::min(rows, Ho_ - py0);
-      stage_rows_channels_last<scalar_t>(kernels_, input_, n, 2 * py0 - 1, 2 * rb + 2, cols, C_in_,
-                                         staged.data());
-      implicit_gemm_rows(staged.data(), cols, C_in_, n, py0, rb,
-                         b0, std::min(blocks, b0 + blocks_per_item), partial.data());
+  at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> staged((2 * items.rows + 2) * cols * C_in_);
+    std::vector<float> partial(items.rows * Wo_ * 4 * kGemmCoBlock);
+    for (int64_t i = begin; i < end; ++i) {
+      const auto [n, py0, rows, b0, b1] = items[i];
+      stage_rows_channels_last<scalar_t>(kernels_, input_, n, 2 * py0 - 1, 2 * rows + 2, cols,
+                                         C_in_, staged.data());
+      implicit_gemm_rows(staged.data(), cols, C_in_, n, py0, rows, b0, b1, partial.data());
     }
   });
 }
@@ -131,9 +121,8 @@ void FusedForward<scalar_t, acc_t>::implicit_gemm_rows(const float* staged, int6
     // the Winograd path, channel by channel along the rows (the output's order in NCHW).
     for (int64_t y = 0; y < 2 * rows; ++y) {
       const float* row = out + (y / 2 * Wo_ * 4 + y % 2 * 2) * kGemmCoBlock;
-      target_.store_row(n, 2 * py0 + y, co0, count, [&](int64_t x) {
-        return row + (x / 2 * 4 + x % 2) * kGemmCoBlock;
-      });
+      target_.store_row(n, 2 * py0 + y, co0, count,
+                        [&](int64_t x) { return row + (x / 2 * 4 + x % 2) * kGemmCoBlock; });
     }
   }
 }

@@ -21,10 +21,10 @@ struct WindowGemmArgs {
   const float* in;
   int64_t in_row_stride;  // floats between staged rows
   int64_t in_col_stride;  // floats between staged columns (>= c_in)
-  int64_t c_in;              // input channels of this call (`in` and `weight` at the first)
-  const float* weight;       // this block's weights, [channel][ky][kx][kGemmCoBlock]
-  const float* bias;         // kGemmCoBlock values (read by the first call)
-  float* out;                // kGemmCoBlock pooled values (unpooled: [4][kGemmCoBlock])
+  int64_t c_in;           // input channels of this call (`in` and `weight` at the first)
+  const float* weight;    // this block's weights, [channel][ky][kx][kGemmCoBlock]
+  const float* bias;      // kGemmCoBlock values (read by the first call)
+  float* out;             // kGemmCoBlock pooled values (unpooled: [4][kGemmCoBlock])
   // A call may cover only a block of the input channels: `partial` keeps the window's conv sums
   // between calls, [4][kGemmCoBlock]. The first call starts from the bias, calls but the last store
   // to `partial`, the last one pools and stores `out`.

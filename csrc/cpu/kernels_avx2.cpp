@@ -22,6 +22,7 @@ namespace simplecnn::cpu::avx2 {
 #include "direct_kernel.h"
 #include "implicit_gemm_kernel.h"
 #include "winograd_kernel.h"
+// After the kernels it tables.
 #include "level_kernels.h"
 }  // namespace simplecnn::cpu::avx2
 

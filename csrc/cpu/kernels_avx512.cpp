@@ -6,9 +6,10 @@
 #if defined(__x86_64__)
 
 // GCC 12's AVX-512 intrinsics start from _mm512_undefined_*() and warn about it at -O3
-// (GCC bug 105593, fixed in GCC 13).
+// (GCC bug 105593, fixed in GCC 13): -Wuninitialized from _mm512_reduce_add_ps (Vec::sum).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <algorithm>
@@ -25,6 +26,7 @@ namespace simplecnn::cpu::avx512 {
 #include "direct_kernel.h"
 #include "implicit_gemm_kernel.h"
 #include "winograd_kernel.h"
+// After the kernels it tables.
 #include "level_kernels.h"
 }  // namespace simplecnn::cpu::avx512
 

@@ -15,6 +15,7 @@ namespace generic {
 #include "direct_kernel.h"
 #include "implicit_gemm_kernel.h"
 #include "winograd_kernel.h"
+// After the kernels it tables.
 #include "level_kernels.h"
 }  // namespace generic
 

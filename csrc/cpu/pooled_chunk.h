@@ -10,8 +10,9 @@
 // reaches memory; with many input channels, a 2 x co_block x chunk_cols tile of partial sums does.
 // Unpooled (DirectKernels::unpooled), the last call stores both conv rows after ReLU instead.
 //
-// Deliberately free of ATen headers: kernels_avx2.cpp and kernels_avx512.cpp include it and
-// must not instantiate inline functions that the generic build would share.
+// Free of ATen headers, as are the other interfaces kernel_table.h includes (implicit_gemm.h,
+// winograd.h, backward_grad.h): the kernels_*.cpp files read only these, the vector layer and
+// the standard library.
 #pragma once
 
 #include <cstdint>
@@ -32,10 +33,10 @@ struct ChunkArgs {
   int64_t in_row_stride;  // elements between input rows in the scratch
   int64_t in_ch_stride;   // elements between input channels in the scratch
   int64_t c_in;
-  const acc_t* weight;  // packed for this channel block: [c_in][ky][kx][co_block]
-  const acc_t* bias;    // co_block values (zeros when the op has no bias)
-  acc_t* out;           // pooled value (py, x / 2) of the block's first channel (unpooled:
-                        // conv value (2 py, x))
+  const acc_t* weight;    // packed for this channel block: [c_in][ky][kx][co_block]
+  const acc_t* bias;      // co_block values (zeros when the op has no bias)
+  acc_t* out;             // pooled value (py, x / 2) of the block's first channel (unpooled:
+                          // conv value (2 py, x))
   int64_t out_ch_stride;  // elements between channels in `out`; columns are contiguous
   int n_out;              // pooled columns to store: chunk_cols / 2, fewer at the row's end
                           // (unpooled: conv columns, chunk_cols or fewer)

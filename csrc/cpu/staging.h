@@ -158,15 +158,14 @@ std::vector<acc_t> pack_direct_weights(const at::Tensor& weight, int64_t co_bloc
   const int64_t blocks = ceil_div(C_out, co_block);
   const int64_t grain = std::max<int64_t>(1, 16384 / (C_in * 9 * co_block));
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t co0 = begin * co_block; co0 < std::min(C_out, end * co_block);
-         co0 += co_block) {
+    for (int64_t co0 = begin * co_block; co0 < std::min(C_out, end * co_block); co0 += co_block) {
       const int64_t cob = std::min<int64_t>(co_block, C_out - co0);
       acc_t* dst = packed.data() + co0 * C_in * 9;
       for (int64_t j = 0; j < cob; ++j)  // reading each output channel's weights in order
         for (int64_t ci = 0; ci < C_in; ++ci)
           for (int64_t k = 0; k < 9; ++k)
-            dst[(ci * 9 + k) * cob + j] =
-                static_cast<acc_t>(w[(co0 + j) * s0 + ci * s1 + (k / 3) * s2 + (k % 3) * s3]);
+            dst[(ci * 9 + k) * cob + j] = static_cast<acc_t>(
+                w[(co0 + j) * s0 + ci * s1 + (k / 3) * s2 + (k % 3) * s3]);
     }
   });
   return packed;

@@ -27,11 +27,11 @@ namespace simplecnn::cpu {
 constexpr int kWinogradCoBlock = 16;  // output channels per GEMM micro-kernel call
 constexpr int kWinogradCiAlign = 16;  // input channels are padded to a multiple of this (zmm)
 
-// One call computes the pooled (or, unpooled, the ReLU'd conv) outputs of `images` x `rows` x `cols` tiles of m x m conv
-// outputs: tile rows [ty0, ty0 + rows) of `images` consecutive images, all tile columns. Tile t
-// is image t / (rows * cols), tile row (t / cols) % rows, tile column t % cols; its input tile
-// starts m * (its row within the call) rows and m * (its column) columns into the image's
-// staged input.
+// One call computes the pooled (or, unpooled, the ReLU'd conv) outputs of `images` x `rows` x
+// `cols` tiles of m x m conv outputs: tile rows [ty0, ty0 + rows) of `images` consecutive images,
+// all tile columns. Tile t is image t / (rows * cols), tile row (t / cols) % rows, tile column t %
+// cols; its input tile starts m * (its row within the call) rows and m * (its column) columns into
+// the image's staged input.
 struct WinogradTilesArgs {
   int m;  // conv outputs per tile side: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3)
   // Channels-last scratch [image][row][column][ci_padded], per image from input row m*ty0 - 1
@@ -41,12 +41,12 @@ struct WinogradTilesArgs {
   int64_t in_row_stride;    // floats per staged row
   int64_t ci_padded;        // multiple of kWinogradCiAlign
   int64_t images, rows, cols;
-  int64_t co_padded;  // multiple of kWinogradCoBlock
+  int64_t co_padded;         // multiple of kWinogradCoBlock
   int64_t co_begin, co_end;  // the output channels of this call, multiples of kWinogradCoBlock
-  const float* u;     // transformed weights [(m+2)^2][co_padded / 16][ci_padded][16]
-  const float* bias;  // co_padded values
-  float* v;           // work space [(m+2)^2][tiles][ci_padded]
-  float* products;    // work space [(m+2)^2][tiles][co_padded]
+  const float* u;            // transformed weights [(m+2)^2][co_padded / 16][ci_padded][16]
+  const float* bias;         // co_padded values
+  float* v;                  // work space [(m+2)^2][tiles][ci_padded]
+  float* products;           // work space [(m+2)^2][tiles][co_padded]
   // Result for channels [co_begin, co_end): [tiles][(m/2)^2 windows, row by row][co_padded],
   // relu(max of the window + bias); unpooled (`pool` false), [tiles][m*m conv outputs, row by
   // row][co_padded], relu(conv + bias).

@@ -20,6 +20,4 @@ at::Tensor fused_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
 
 }  // namespace simplecnn
 
-TORCH_LIBRARY_IMPL(simplecnn, CUDA, m) {
-  m.impl("_fused_forward", &simplecnn::fused_forward_cuda);
-}
+TORCH_LIBRARY_IMPL(simplecnn, CUDA, m) { m.impl("_fused_forward", &simplecnn::fused_forward_cuda); }

@@ -7,10 +7,10 @@
 // all kCoPerThread channels in registers, rounded as the stock conv rounds them (cuDNN, then
 // `add_` of the bias: with round_before_bias the sums start from zero and are rounded to the
 // dtype before the bias is added, so a float16 sum >= 65520 is Inf whatever the bias; else they
-// start from the bias), and finally takes the max over the window (NaN-propagating, as the stock max-pool), applies ReLU once and
-// stores the pooled values. The conv output never reaches global memory. Unpooled (Pool false:
-// conv3x3_relu2d), the same windows cover the conv output and each thread stores its four conv
-// values after ReLU.
+// start from the bias), and finally takes the max over the window (NaN-propagating, as the stock
+// max-pool), applies ReLU once and stores the pooled values. The conv output never reaches global
+// memory. Unpooled (Pool false: conv3x3_relu2d), the same windows cover the conv output and each
+// thread stores its four conv values after ReLU.
 //
 // Any input and output strides are read directly (channels_last input is staged through the
 // same strided loads, less coalesced; no contiguous copy is made). float, half and bfloat16
@@ -18,25 +18,27 @@
 #include "fused_forward_kernel.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <type_traits>
-
 namespace simplecnn::cuda {
 namespace {
 
-constexpr int kTileH = 8;    // pooled rows per block
-constexpr int kTileW = 16;   // pooled columns per block
+constexpr int kTileH = 8;   // pooled rows per block
+constexpr int kTileW = 16;  // pooled columns per block
 constexpr int kThreads = kTileH * kTileW;
 constexpr int kInRows = 2 * kTileH + 2;  // input rows of the tile, halo included
 constexpr int kInCols = 2 * kTileW + 2;
 constexpr int kCoPerThread = 8;  // output channels per block (every thread does all of them)
 constexpr int kCiChunk = 4;      // input channels staged per shared-memory round
 
+// The stock max-pool's max and ReLU, as the CPU vector layer's max_keep_nan and relu_keep_nan
+// (csrc/cpu/vec/); these are the only device-side copies. Unlike the CPU's, this ReLU turns -0
+// into +0.
 template <typename acc_t>
 __device__ __forceinline__ acc_t max_keep_nan(acc_t a, acc_t b) {
   return (a != a || a > b) ? a : b;  // NaN wins, as in the stock max-pool
@@ -49,13 +51,14 @@ __device__ __forceinline__ acc_t relu_keep_nan(acc_t a) {
 
 // Ho x Wo pool windows: the pooled output's size, or unpooled the windows covering the output.
 template <typename scalar_t, typename acc_t, bool Pool>
-__global__ void __launch_bounds__(kThreads) fused_forward_kernel(
-    const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
-    const scalar_t* __restrict__ b, scalar_t* __restrict__ out, int64_t C_in, int64_t H,
-    int64_t W, int64_t C_out, int64_t Ho, int64_t Wo, int64_t tiles_w, int64_t tiles_per_image,
-    int64_t sxn, int64_t sxc, int64_t sxh, int64_t sxw, int64_t swo, int64_t swi, int64_t swh,
-    int64_t sww, int64_t sb, int64_t son, int64_t soc, int64_t soh, int64_t sow,
-    bool round_before_bias) {
+__global__ void __launch_bounds__(kThreads)
+    fused_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
+                         const scalar_t* __restrict__ b, scalar_t* __restrict__ out, int64_t C_in,
+                         int64_t H, int64_t W, int64_t C_out, int64_t Ho, int64_t Wo,
+                         int64_t tiles_w, int64_t tiles_per_image, int64_t sxn, int64_t sxc,
+                         int64_t sxh, int64_t sxw, int64_t swo, int64_t swi, int64_t swh,
+                         int64_t sww, int64_t sb, int64_t son, int64_t soc, int64_t soh,
+                         int64_t sow, bool round_before_bias) {
   __shared__ acc_t tile[kCiChunk][kInRows][kInCols];
   __shared__ acc_t weights[kCiChunk][kCoPerThread][9];
 
@@ -129,8 +132,7 @@ __global__ void __launch_bounds__(kThreads) fused_forward_kernel(
     for (int j = 0; j < kCoPerThread; ++j) {
       const acc_t bias = (b != nullptr && co0 + j < C_out) ? acc_t(b[(co0 + j) * sb]) : acc_t(0);
 #pragma unroll
-      for (int q = 0; q < 4; ++q)
-        acc[j][q] = acc_t(scalar_t(acc_t(scalar_t(acc[j][q])) + bias));
+      for (int q = 0; q < 4; ++q) acc[j][q] = acc_t(scalar_t(acc_t(scalar_t(acc[j][q])) + bias));
     }
   }
   if constexpr (!Pool) {
@@ -151,8 +153,8 @@ __global__ void __launch_bounds__(kThreads) fused_forward_kernel(
 #pragma unroll
   for (int j = 0; j < kCoPerThread; ++j) {
     if (co0 + j >= C_out) break;
-    const acc_t m =
-        max_keep_nan(max_keep_nan(acc[j][0], acc[j][1]), max_keep_nan(acc[j][2], acc[j][3]));
+    const acc_t m = max_keep_nan(max_keep_nan(acc[j][0], acc[j][1]),
+                                 max_keep_nan(acc[j][2], acc[j][3]));
     o[(co0 + j) * soc] = scalar_t(relu_keep_nan(m));  // ReLU once, after the max
   }
 }
@@ -171,16 +173,15 @@ void launch_fused_forward(const at::Tensor& input, const at::Tensor& weight,
   const int64_t co_blocks = (C_out + kCoPerThread - 1) / kCoPerThread;
   // CUDA's grid limits: 2^31 - 1 blocks in x, 65535 in y.
   const char* op = pool ? "conv3x3_relu_maxpool2d" : "conv3x3_relu2d";
-  TORCH_CHECK(blocks <= 0x7fffffff, op, ": input too large for one launch (",
-              blocks, " blocks)");
-  TORCH_CHECK(co_blocks <= 65535, op, ": the CUDA kernel takes at most ",
-              65535 * kCoPerThread, " output channels, got weight with C_out=", C_out);
+  TORCH_CHECK(blocks <= 0x7fffffff, op, ": input too large for one launch (", blocks, " blocks)");
+  TORCH_CHECK(co_blocks <= 65535, op, ": the CUDA kernel takes at most ", 65535 * kCoPerThread,
+              " output channels, got weight with C_out=", C_out);
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(co_blocks));
   // The current stream, so CUDA graphs and torch.compile(mode="reduce-overhead") see the work.
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_relu_maxpool2d_cuda", [&] {
-        using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+        using acc_t = at::opmath_type<scalar_t>;
         auto kernel = pool ? fused_forward_kernel<scalar_t, acc_t, true>
                            : fused_forward_kernel<scalar_t, acc_t, false>;
         kernel<<<grid, kThreads, 0, stream>>>(

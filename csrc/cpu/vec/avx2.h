@@ -19,8 +19,7 @@ struct Vec<float> {
   static void store_first(float* p, V v, int n) {
     alignas(32) static const int32_t kLanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
                                                    0,  0,  0,  0,  0,  0,  0,  0};
-    _mm256_maskstore_ps(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLanes + 8 - n)),
-                        v);
+    _mm256_maskstore_ps(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLanes + 8 - n)), v);
   }
   // Stores that bypass the caches (p 32-byte aligned), and the fence that orders them before
   // later loads of other threads.
@@ -81,8 +80,8 @@ struct Vec<float> {
       bits = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     } else {  // the upper halves of the rounded values, packed (they are <= 0xffff: no saturation)
       const V quiet_nan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000));
-      const __m256i words =
-          _mm256_srli_epi32(_mm256_castps_si256(select(is_nan(v), quiet_nan, round_to(v, storage))), 16);
+      const __m256i words = _mm256_srli_epi32(
+          _mm256_castps_si256(select(is_nan(v), quiet_nan, round_to(v, storage))), 16);
       bits = _mm_packus_epi32(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
     }
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), bits);
@@ -92,9 +91,7 @@ struct Vec<float> {
     const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
   }
-  static bool any_nan(V v) {
-    return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0;
-  }
+  static bool any_nan(V v) { return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0; }
   static Mask greater(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
   static Mask equal(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
   static Mask is_nan(V v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }

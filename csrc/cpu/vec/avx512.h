@@ -48,10 +48,10 @@ struct Vec<float> {
   // As in vec/avx2.h: NaN and -0 pass, as in torch.relu.
   static V relu_keep_nan(V v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }
   static void even_odd(V h0, V h1, V& even, V& odd) {
-    const __m512i even_lanes =
-        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd_lanes =
-        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512i even_lanes = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                                 28, 30);
+    const __m512i odd_lanes = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27,
+                                                29, 31);
     even = _mm512_permutex2var_ps(h0, even_lanes, h1);
     odd = _mm512_permutex2var_ps(h0, odd_lanes, h1);
   }
@@ -103,10 +103,10 @@ struct Vec<float> {
   }
   // a0 b0 a1 b1 ...: the first size lanes in `low`, the rest in `high`.
   static void interleave(V a, V b, V& low, V& high) {
-    const __m512i low_lanes =
-        _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i high_lanes =
-        _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512i low_lanes = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7,
+                                                23);
+    const __m512i high_lanes = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14,
+                                                 30, 15, 31);
     low = _mm512_permutex2var_ps(a, low_lanes, b);
     high = _mm512_permutex2var_ps(a, high_lanes, b);
   }

@@ -23,15 +23,23 @@ struct Vec {
     return r;
   }
 
-  static V load(const T* p) { return map([&](int i) { return p[i]; }); }
+  static V load(const T* p) {
+    return map([&](int i) { return p[i]; });
+  }
   static void store(T* p, V v) { store_first(p, v, size); }
   static void store_first(T* p, V v, int n) {
     for (int i = 0; i < n; ++i) p[i] = v.lane[i];
   }
-  static V set1(T x) { return map([&](int) { return x; }); }
+  static V set1(T x) {
+    return map([&](int) { return x; });
+  }
   static V zero() { return set1(T(0)); }
-  static V add(V a, V b) { return map([&](int i) { return a.lane[i] + b.lane[i]; }); }
-  static V sub(V a, V b) { return map([&](int i) { return a.lane[i] - b.lane[i]; }); }
+  static V add(V a, V b) {
+    return map([&](int i) { return a.lane[i] + b.lane[i]; });
+  }
+  static V sub(V a, V b) {
+    return map([&](int i) { return a.lane[i] - b.lane[i]; });
+  }
   static V fnmadd(V a, V b, V c) {
     return map([&](int i) { return c.lane[i] - a.lane[i] * b.lane[i]; });
   }
@@ -48,9 +56,8 @@ struct Vec {
   }
   static V relu_keep_nan(V v) {
     // NaN and -0 pass, as in torch.relu and the SIMD levels.
-    return map([&](int i) {
-      return (v.lane[i] != v.lane[i] || v.lane[i] >= T(0)) ? v.lane[i] : T(0);
-    });
+    return map(
+        [&](int i) { return (v.lane[i] != v.lane[i] || v.lane[i] >= T(0)) ? v.lane[i] : T(0); });
   }
   static void even_odd(V h0, V h1, V& even, V& odd) {
     for (int i = 0; i < size; ++i) {
@@ -91,7 +98,9 @@ struct Vec {
     for (int i = 0; i < size; ++i) m.lane[i] = a.lane[i] == b.lane[i];
     return m;
   }
-  static V load_int8(const int8_t* p) { return map([&](int i) { return T(p[i]); }); }
+  static V load_int8(const int8_t* p) {
+    return map([&](int i) { return T(p[i]); });
+  }
   static void interleave(V a, V b, V& low, V& high) {
     for (int i = 0; i < size; ++i) {
       V& half = i < size / 2 ? low : high;
