@@ -78,7 +78,7 @@ bool stock_conv_uses_cudnn(const at::Tensor& input) {
 at::Tensor empty_output(const at::Tensor& input, const at::Tensor& weight, bool pool) {
   // The stock conv returns channels_last when the input or the weight is, but on CUDA only
   // where cuDNN computes it (enabled; it turns NHWC off for float64); ReLU and the pool keep
-  // it. ops.py's output_memory_format makes the same choice for the fake kernels.
+  // it. stock_conv.py's output_memory_format makes the same choice for the fake kernels.
   const bool nhwc_possible = !input.is_cuda() ||
                              (stock_conv_uses_cudnn(input) && input.scalar_type() != at::kDouble);
   const bool channels_last = nhwc_possible &&

@@ -22,7 +22,7 @@ void check_inputs(const at::Tensor& input, const at::Tensor& weight,
 
 // Whether the stock conv on `input` is cuDNN's (CUDA, cuDNN present and enabled; bfloat16 from
 // sm_80 on), whose output layout and rounding the kernels follow there. Mirrors
-// stock_conv_uses_cudnn in ops.py.
+// stock_conv_uses_cudnn in stock_conv.py.
 bool stock_conv_uses_cudnn(const at::Tensor& input);
 
 // Allocates the (N, C_out, H / 2, W / 2) output (unpooled: (N, C_out, H, W)) in the memory
