@@ -31,13 +31,6 @@ namespace simplecnn {
 namespace cpu {
 namespace {
 
-template <typename scalar_t>
-constexpr StorageType storage_type() {
-  if constexpr (std::is_same_v<scalar_t, at::Half>) return StorageType::kHalf;
-  if constexpr (std::is_same_v<scalar_t, at::BFloat16>) return StorageType::kBFloat16;
-  return StorageType::kFloat;
-}
-
 // direct_row's target for the recompute: window indices into [c_out][ho][wo].
 struct IndexTarget {
   int8_t* index;

@@ -49,10 +49,10 @@ struct CpuKernels {
   void (*transform_weights)(int m, const float* g, int64_t channels, float* u,
                             int64_t position_stride, bool stream) = nullptr;
   GradKernels<float> grad;  // backward
-  // Runs of float16 ([0]) and bfloat16 ([1]) values, as their bits, to float and back, rounded
-  // to nearest even (convert_kernel.h; staging.h: load_run, store_run).
-  void (*to_float[2])(const uint16_t* src, int64_t n, float* dst) = {};
-  void (*from_float[2])(const float* src, int64_t n, uint16_t* dst) = {};
+  // Runs of float16 and bfloat16 values (their bits), indexed by StorageType, to float and
+  // back, rounded to nearest even (convert_kernel.h; staging.h: load_run, store_run).
+  void (*to_float[3])(const uint16_t* src, int64_t n, float* dst) = {};
+  void (*from_float[3])(const float* src, int64_t n, uint16_t* dst) = {};
 };
 
 // Each level's table, filled once (kernels_<level>.cpp). The x86 ones exist only on x86-64.

@@ -16,9 +16,11 @@ CpuKernels level_kernels(const char* name) {
   k.grad.fill_strips = backward::fill_strips<float>;
   k.grad.weight = backward::grad_weight<float>;
   k.grad.input = backward::grad_input<float>;
-  k.to_float[0] = convert::to_float<StorageType::kHalf>;
-  k.to_float[1] = convert::to_float<StorageType::kBFloat16>;
-  k.from_float[0] = convert::from_float<StorageType::kHalf>;
-  k.from_float[1] = convert::from_float<StorageType::kBFloat16>;
+  constexpr int half = static_cast<int>(StorageType::kHalf);
+  constexpr int bfloat16 = static_cast<int>(StorageType::kBFloat16);
+  k.to_float[half] = convert::to_float<StorageType::kHalf>;
+  k.to_float[bfloat16] = convert::to_float<StorageType::kBFloat16>;
+  k.from_float[half] = convert::from_float<StorageType::kHalf>;
+  k.from_float[bfloat16] = convert::from_float<StorageType::kBFloat16>;
   return k;
 }

@@ -18,12 +18,12 @@ namespace simplecnn::cpu {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The index of float16 (0) and bfloat16 (1) in CpuKernels::to_float and from_float; -1 else.
+// The storage type of scalar_t's values, which the kernels round to (kFloat for float and double).
 template <typename scalar_t>
-constexpr int half_index() {
-  if constexpr (std::is_same_v<scalar_t, at::Half>) return 0;
-  if constexpr (std::is_same_v<scalar_t, at::BFloat16>) return 1;
-  return -1;
+constexpr StorageType storage_type() {
+  if constexpr (std::is_same_v<scalar_t, at::Half>) return StorageType::kHalf;
+  if constexpr (std::is_same_v<scalar_t, at::BFloat16>) return StorageType::kBFloat16;
+  return StorageType::kFloat;
 }
 
 // n values of `src` into `dst` as acc_t, and back (store_run): float16 and bfloat16 to float
@@ -31,8 +31,9 @@ constexpr int half_index() {
 // c10's float16 conversion is software: float16 seed layer N=256 2.70 -> 1.50 ms).
 template <typename scalar_t, typename acc_t>
 void load_run(const CpuKernels& k, const scalar_t* src, int64_t n, acc_t* dst) {
-  if constexpr (half_index<scalar_t>() >= 0 && std::is_same_v<acc_t, float>) {
-    k.to_float[half_index<scalar_t>()](reinterpret_cast<const uint16_t*>(src), n, dst);
+  constexpr StorageType storage = storage_type<scalar_t>();
+  if constexpr (storage != StorageType::kFloat && std::is_same_v<acc_t, float>) {
+    k.to_float[static_cast<int>(storage)](reinterpret_cast<const uint16_t*>(src), n, dst);
   } else {
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<acc_t>(src[i]);
   }
@@ -40,8 +41,9 @@ void load_run(const CpuKernels& k, const scalar_t* src, int64_t n, acc_t* dst) {
 
 template <typename scalar_t, typename acc_t>
 void store_run(const CpuKernels& k, const acc_t* src, int64_t n, scalar_t* dst) {
-  if constexpr (half_index<scalar_t>() >= 0 && std::is_same_v<acc_t, float>) {
-    k.from_float[half_index<scalar_t>()](src, n, reinterpret_cast<uint16_t*>(dst));
+  constexpr StorageType storage = storage_type<scalar_t>();
+  if constexpr (storage != StorageType::kFloat && std::is_same_v<acc_t, float>) {
+    k.from_float[static_cast<int>(storage)](src, n, reinterpret_cast<uint16_t*>(dst));
   } else {
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
   }
@@ -106,7 +108,7 @@ void stage_rows(const CpuKernels& k, const at::Tensor& input, int64_t n, int64_t
   const int64_t sN = input.stride(0), sC = input.stride(1), sH = input.stride(2),
                 sW = input.stride(3);
   const scalar_t* base = input.const_data_ptr<scalar_t>() + n * sN;
-  if (half_index<scalar_t>() >= 0 && sC == 1 && sW == C) {
+  if (storage_type<scalar_t>() != StorageType::kFloat && sC == 1 && sW == C) {
     // float16 / bfloat16 channels_last: each row converted at once (load_run), then split by
     // channel.
     std::vector<acc_t> pixels(W * C);
