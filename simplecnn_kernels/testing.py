@@ -25,6 +25,7 @@ __all__ = [
     "assert_matches_reference",
     "make_inputs",
     "reference",
+    "reference_conv_grad",
     "saved_for_backward_bytes",
     "stock_composition",
 ]
@@ -99,6 +100,17 @@ def reference(x, w, b, pool=True):
     if pool:
         scale = F.max_pool2d(scale, 2, 2)
     return ref, scale.clamp_min(1e-30)
+
+
+def reference_conv_grad(x, w, b, grad_out, pool=True):
+    """The gradient of the conv output where stock ReLU and, with `pool`,
+    the 2x2 max-pool route `grad_out`: in float64 on the CPU, whose conv sums directly (see
+    reference)."""
+    b64 = None if b is None else b.double().cpu()
+    conv = F.conv2d(x.double().cpu(), w.double().cpu(), b64, padding=1).requires_grad_()
+    activated = torch.relu(conv)
+    (F.max_pool2d(activated, 2, 2) if pool else activated).backward(grad_out.double().cpu())
+    return conv.grad
 
 
 def assert_matches_reference(out, x, w, b, *, dtype=None, pool=True):

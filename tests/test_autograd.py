@@ -10,7 +10,12 @@ from conftest import cpu_levels, device_backends
 
 import simplecnn_kernels as sk
 from simplecnn_kernels.ops import backends_for
-from simplecnn_kernels.testing import make_inputs, saved_for_backward_bytes, stock_composition
+from simplecnn_kernels.testing import (
+    make_inputs,
+    reference_conv_grad,
+    saved_for_backward_bytes,
+    stock_composition,
+)
 
 GRAD_SHAPES = [  # (N, C_in, C_out, H, W)
     (3, 3, 18, 16, 14),  # the SimpleCNN layer's channels: the fused CPU backward
@@ -37,10 +42,7 @@ def _nonfinite_reference_grads(x, w, b, grad_out, pool=True):
             stock_composition if pool else _stock_unpooled, x64, w64, b64, grad_out.double()
         )
         return tuple(None if g is None else g.to(x.dtype) for g in grads)
-    conv = F.conv2d(x64, w64, b64, padding=1).requires_grad_()
-    activated = torch.relu(conv)
-    (F.max_pool2d(activated, 2, 2) if pool else activated).backward(grad_out.double().cpu())
-    grad_conv = conv.grad.to(device=x.device, dtype=x.dtype)
+    grad_conv = reference_conv_grad(x, w, b, grad_out, pool).to(device=x.device, dtype=x.dtype)
     return sk.ops._conv_backward(grad_conv, x, w, b, [True, True, b is not None])
 
 

@@ -17,6 +17,7 @@ from simplecnn_kernels.testing import (
     assert_matches_reference,
     make_inputs,
     reference,
+    reference_conv_grad,
     stock_composition,
 )
 
@@ -34,16 +35,6 @@ def precision(kernel, dtype):
     """What `kernel` computes `dtype` in (the key of its TOLERANCE): the tensor-core kernel
     takes float32 as TF32 on a GPU (the interpreter's dot is exact)."""
     return "tf32" if kernel == "dot" and dtype == torch.float32 and DEVICE == "cuda" else dtype
-
-
-def reference_conv_grad(x, w, b, grad_out):
-    """The gradient of the conv output where stock max-pool + ReLU route `grad_out`, in float64
-    on the CPU (testing.reference says why the CPU)."""
-    conv = torch.nn.functional.conv2d(
-        x.double().cpu(), w.double().cpu(), b.double().cpu(), padding=1
-    ).requires_grad_()
-    torch.nn.functional.max_pool2d(torch.relu(conv), 2, 2).backward(grad_out.double().cpu())
-    return conv.grad
 
 
 def tf32_exact(*tensors):
