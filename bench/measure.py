@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from simplecnn_kernels.stock_conv import conv_allows_tf32
+from simplecnn_kernels.stock_conv import conv_allows_tf32, tf32_precision
 
 
 def machine(device: str) -> dict:
@@ -70,13 +70,7 @@ def _matmul_allows_tf32() -> bool:
     matmul = torch.backends.cuda.matmul
     if not hasattr(matmul, "fp32_precision"):
         return bool(matmul.allow_tf32)
-    return _tf32_precision(matmul.fp32_precision, torch.backends.fp32_precision)
-
-
-def _tf32_precision(*precisions: str) -> bool:
-    """Whether the first precision that is set ("none" defers to the next, more general one)
-    is "tf32"; all "none": full float32 ("ieee"), torch's default."""
-    return next((p for p in precisions if p != "none"), "ieee") == "tf32"
+    return tf32_precision(matmul.fp32_precision, torch.backends.fp32_precision)
 
 
 def _cpu_model() -> str:

@@ -42,14 +42,15 @@ def conv_allows_tf32() -> bool:
     cudnn = torch.backends.cudnn
     if not hasattr(cudnn, "conv"):  # torch without the precision API
         return bool(cudnn.allow_tf32)
-    for precision in (
-        cudnn.conv.fp32_precision,
-        cudnn.fp32_precision,
-        torch.backends.fp32_precision,
-    ):
-        if precision != "none":
-            return precision == "tf32"
-    return False
+    return tf32_precision(
+        cudnn.conv.fp32_precision, cudnn.fp32_precision, torch.backends.fp32_precision
+    )
+
+
+def tf32_precision(*precisions: str) -> bool:
+    """Whether the first of torch's fp32_precision settings that is set ("none" defers to the
+    next, more general one) is "tf32"; all "none": full float32 ("ieee"), torch's default."""
+    return next((p for p in precisions if p != "none"), "ieee") == "tf32"
 
 
 def output_memory_format(input: Tensor, weight: Tensor) -> torch.memory_format:
