@@ -461,10 +461,12 @@ def _launcher(key: tuple[str, str], tuning_key: tuple, config: triton.Config | N
     kernel = key[0]
     if config is None and INTERPRETED:
         return _JIT[kernel], dict(_INTERPRETER_META[kernel])
-    if config is None and _AUTOTUNE:
-        if not torch.cuda.is_current_stream_capturing() or (key, tuning_key) in _TUNED:
-            return _autotuner(key), {}
-        config = CONFIGS[key][0]
+    if (
+        config is None
+        and _AUTOTUNE
+        and (not torch.cuda.is_current_stream_capturing() or (key, tuning_key) in _TUNED)
+    ):
+        return _autotuner(key), {}
     # all_kwargs, as the autotuner launches: Triton caches compiled kernels by these options.
     return _JIT[kernel], (config or CONFIGS[key][0]).all_kwargs()
 
