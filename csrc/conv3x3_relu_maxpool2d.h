@@ -7,11 +7,20 @@
 // CUDA: csrc/cuda/), and on the CPU _fused_backward and _conv_grad for their gradients.
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <type_traits>
 
 namespace simplecnn {
+
+// Every kernel (CPU forward and backward, CUDA) accumulates in at::opmath_type<scalar_t>:
+// float16, bfloat16 and float32 in float32, float64 in float64.
+static_assert(std::is_same_v<at::opmath_type<at::Half>, float> &&
+              std::is_same_v<at::opmath_type<at::BFloat16>, float> &&
+              std::is_same_v<at::opmath_type<float>, float> &&
+              std::is_same_v<at::opmath_type<double>, double>);
 
 // Throws c10::Error (a Python RuntimeError) naming the problem and the op (pooled or not) unless
 // `input` is 4-D (N, C_in, H, W) with H, W >= 2 (unpooled: >= 1), `weight` is (C_out, C_in, 3, 3)

@@ -117,10 +117,6 @@ at::Tensor fused_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_relu_maxpool2d_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        // float16, bfloat16 and float32 accumulate in float32, float64 in float64.
-        static_assert(
-            std::is_same_v<acc_t,
-                           std::conditional_t<std::is_same_v<scalar_t, double>, double, float>>);
         cpu::FusedForward<scalar_t, acc_t>(input, weight, bias, out, pool).run();
       });
   return out;
