@@ -340,10 +340,8 @@ def rows_for(info, case, dtype, batch, modes, errors, flops, moved) -> list[dict
             "images_per_s": batch / ms * 1e3,
             "max_rel_err": errors.get(provider),
         }
-        # The peak of the level the provider's kernels run at (none for "generic"); float32 only:
-        # bfloat16 dot products (AVX512-BF16, in oneDNN) go past the float32 FMA peak.
-        peak = peaks.get("avx2" if provider == "fused@avx2" else info.get("cpu_capability"))
-        if peak and dtype == torch.float32:
+        peak = peaks.get(peak_level(provider, info.get("cpu_capability"), dtype))
+        if peak:
             row["fraction_of_peak"] = row["gflops"] / peak
         if moved is not None and info.get("copy_bandwidth_gbs"):
             row["fraction_of_copy_bandwidth"] = (
@@ -351,6 +349,21 @@ def rows_for(info, case, dtype, batch, modes, errors, flops, moved) -> list[dict
             )
         rows.append(row)
     return rows
+
+
+def peak_level(provider: str, level: str | None, dtype: torch.dtype) -> str | None:
+    """Which peak of bench/fma_peak.cpp bounds `provider` at CPU `level`: float32 the level's
+    float32 FMA peak (avx512_bf16's float32 kernels are avx512's), bfloat16 at avx512_bf16 the
+    vdpbf16ps peak (twice as many products per instruction); None where there is none (the
+    generic level, and float16 and bfloat16 elsewhere: stock's bfloat16 dot products in oneDNN
+    go past the float32 peak)."""
+    if provider == "fused@avx2":
+        level = "avx2"
+    if dtype == torch.float32:
+        return "avx512" if level == "avx512_bf16" else level
+    if dtype == torch.bfloat16 and level == "avx512_bf16":
+        return level
+    return None
 
 
 def case_label(case: str) -> str:
@@ -367,8 +380,9 @@ def print_table(result: dict) -> None:
         peaks = ", ".join(f"{level} {gf:.0f}" for level, gf in info["fma_peak_gflops"].items())
         levels = info["cpu_capability"] + (", avx2 for fused@avx2" if AVX2_TOO else "")
         print(
-            f"% peak (float32): GFLOP/s over the measured float32 FMA peak (GFLOP/s: {peaks}) of "
-            f"the level the kernels run at ({levels})."
+            f"% peak: GFLOP/s over the measured FMA peak (GFLOP/s: {peaks}) of the level the "
+            f"kernels run at ({levels}; float32 at avx512_bf16: avx512's; bfloat16 there: "
+            "vdpbf16ps's)."
         )
     if info.get("copy_bandwidth_gbs"):
         print(

@@ -35,7 +35,10 @@ def _expected_levels():
     the kernel lists the flags only when the OS enabled their registers)."""
     flags = _cpu_flags()
     levels = []
-    if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c"} <= flags:
+    avx512 = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c"}
+    if avx512 | {"avx512_bf16"} <= flags:
+        levels.append("avx512_bf16")
+    if avx512 <= flags:
         levels.append("avx512")
     if {"avx2", "fma", "f16c"} <= flags:
         levels.append("avx2")
@@ -51,7 +54,7 @@ def test_the_best_level_the_cpu_runs_is_the_default():
     )
 
 
-@pytest.mark.parametrize("level", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("level", ["avx512_bf16", "avx512", "avx2", "generic"])
 def test_environment_forces_a_level_or_names_what_the_cpu_has(level):
     script = f"""
 import torch
@@ -169,16 +172,17 @@ def test_generic_kernel_matches_stock():
     _run_with_env(GENERIC_CHECK, SIMPLECNN_CPU_CAPABILITY="generic")
 
 
-def _vector_stack_accesses(disassembly: str, function: str) -> tuple[int, int]:
+def _vector_stack_accesses(disassembly: str, function: str, fma: str = "vfmadd") -> tuple[int, int]:
     """(FMA count, ymm/zmm loads/stores on the stack between its first and last FMA, the hot
-    loop) in `function`'s disassembly."""
+    loop) in `function`'s disassembly; `fma` names the instruction (vdpbf16ps for bfloat16
+    pairs)."""
     blocks = disassembly.split("\n\n")
     body = next(
         (blk for blk in blocks if re.match(rf"[0-9a-f]+ <.*{re.escape(function)}\(", blk)), None
     )
     assert body, f"{function} not found in the object file"
     lines = body.splitlines()
-    fma_lines = [i for i, line in enumerate(lines) if "vfmadd" in line]
+    fma_lines = [i for i, line in enumerate(lines) if fma in line]
     hot = lines[fma_lines[0] : fma_lines[-1] + 1] if fma_lines else []
     spills = sum(
         bool(re.search(r"[yz]mm.*\((%rsp|%rbp)\)|\((%rsp|%rbp)\).*[yz]mm", line)) for line in hot
@@ -216,10 +220,18 @@ def test_simd_kernels_keep_their_accumulators_in_registers(tmp_path):
         direct = _disassemble(f"csrc/cpu/kernels_{level}.cpp", tmp_path)
         # Pooled and unpooled (conv3x3_relu2d) epilogues; the unpooled one's stores cost GCC
         # one more spilled register at AVX2's 3 channels (its hot loop keeps 15 of 16 live).
-        for co, pool in itertools.product(range(1, max_co + 1), ("true", "false")):
-            name = f"{level}::direct_chunk<float, {co}, 2, {pool}>"
-            fmas, spills = _vector_stack_accesses(direct, name)
-            assert fmas == 36 * co, f"{name}: {fmas} FMAs, expected {36 * co}"
+        # AVX-512 also over bfloat16 channel pairs (the avx512_bf16 level): one vdpbf16ps per
+        # FMA of the float32 kernel.
+        inputs = [("OneChannel<float> >", "vfmadd")]
+        if level == "avx512":
+            inputs.append(("Bf16Pairs>", "vdpbf16ps"))
+        for co, pool, (source, fma) in itertools.product(
+            range(1, max_co + 1), ("true", "false"), inputs
+        ):
+            name = f"{level}::direct_chunk<float, {co}, 2, {pool}, simplecnn::cpu::{level}::"
+            name += source
+            fmas, spills = _vector_stack_accesses(direct, name, fma)
+            assert fmas == 36 * co, f"{name}: {fmas} {fma}, expected {36 * co}"
             allowed = 4 if co == 1 or (level, co, pool) == ("avx2", 3, "false") else 2
             assert spills <= allowed, f"{name}: {spills} stack accesses"
         # Winograd's GEMM: tiles x 16 channels (AVX2: 2 ymm per tile, up to 6 tiles; AVX-512:
@@ -274,12 +286,17 @@ def test_algorithm_choice(level):
     assert _algorithm(*make_inputs(1, 64, 64, 14, 8)[:2]) == "implicit_gemm"
     assert _algorithm(*make_inputs(1, 64, 64, 4, 14)[:2]) == "implicit_gemm"
     # 8 pooled columns fill AVX2's 16-column chunks, half of AVX-512's 32.
-    eight_pooled_columns = "implicit_gemm" if level == "avx512" else "direct"
+    eight_pooled_columns = "implicit_gemm" if level.startswith("avx512") else "direct"
     assert _algorithm(*make_inputs(1, 64, 64, 4, 16)[:2]) == eight_pooled_columns
     assert _algorithm(*make_inputs(1, 64, 64, 2, 33)[:2]) == "direct"  # 32 of 32 columns
     assert _algorithm(*make_inputs(1, 15, 64, 4, 4)[:2]) == "direct"  # narrow layer
     x, w, _ = make_inputs(2, 64, 64, 16, 16, dtype=torch.float64)
     assert _algorithm(x, w) == "direct"  # float64 keeps the direct sums
+    # bfloat16 by vdpbf16ps where the level has it; float16 on float32.
+    x, w, _ = make_inputs(2, 3, 18, 32, 32, dtype=torch.bfloat16)
+    assert _algorithm(x, w) == ("direct_bf16" if level == "avx512_bf16" else "direct")
+    x, w, _ = make_inputs(2, 3, 18, 32, 32, dtype=torch.float16)
+    assert _algorithm(x, w) == "direct"
     for dtype, layout in [(torch.float32, "contiguous"), (torch.float32, "strided"),
                           (torch.bfloat16, "contiguous"), (torch.float16, "strided")]:  # fmt: skip
         x, w, _ = make_inputs(1, 64, 64, 16, 16, dtype=dtype, layout=layout)
@@ -483,6 +500,8 @@ def test_half_storage_rounds_to_nearest_even(dtype, algorithm, shape, layout, le
     weight[range(c), range(c), 1, 1] = 1.0
     bias = torch.randn(c).to(dtype)
     bias[0], bias[1], bias[2], bias[3] = 30.0, math.inf, -math.inf, math.nan
+    if (dtype, algorithm, level) == (torch.bfloat16, "direct", "avx512_bf16"):
+        algorithm = "direct_bf16"  # the vdpbf16ps kernel: each product exact, as an FMA's
     assert _algorithm(x, weight) == algorithm
     conv = (x.float() + bias.float()[:, None, None]).to(dtype).float()
     for pool in (False, True):

@@ -45,12 +45,18 @@ def _coverage(items, n, windows_h, c_out):
 @pytest.mark.parametrize("level", cpu_levels())
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_each_output_is_written_by_exactly_one_work_item(algorithm, level):
-    for (n, c_in, c_out, h, w), threads, pool in itertools.product(SHAPES, THREADS, [True, False]):
-        x, weight = torch.empty(n, c_in, h, w), torch.empty(c_out, c_in, 3, 3)
+    # The direct path's items are sized by its staged rows' bytes: float32, float64, and
+    # bfloat16 (channel pairs at avx512_bf16).
+    dtypes = [torch.float32, torch.float64, torch.bfloat16] if algorithm == "direct" else [None]
+    for (n, c_in, c_out, h, w), threads, pool, dtype in itertools.product(
+        SHAPES, THREADS, [True, False], dtypes
+    ):
+        x = torch.empty(n, c_in, h, w, dtype=dtype)
+        weight = torch.empty(c_out, c_in, 3, 3, dtype=dtype)
         items = torch.ops.simplecnn._cpu_work_items(x, weight, pool, algorithm, threads)
         windows_h = h // 2 if pool else (h + 1) // 2
         count = _coverage(items, n, windows_h, c_out)
-        case = f"{algorithm} N={n} {c_in}->{c_out} {h}x{w} pool={pool} threads={threads}"
+        case = f"{algorithm} {dtype} N={n} {c_in}->{c_out} {h}x{w} pool={pool} threads={threads}"
         # Each output once; rows and channels past the output (the last tile, the last
         # channel block's padding) at most once.
         assert bool((count[:, :windows_h, :c_out] == 1).all()), case

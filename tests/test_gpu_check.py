@@ -325,3 +325,15 @@ def test_warm_gpu_timing_is_per_call_over_blocks(monkeypatch):
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     assert measure._time_cuda_warm(call) == pytest.approx(0.5)
     assert 100 <= clock["ms"] <= 135
+
+
+def test_the_peak_a_cpu_row_is_measured_against():
+    # float32 against the float32 FMA peak of the level the kernels run at (avx512_bf16's float32
+    # kernels are avx512's), bfloat16 at avx512_bf16 against vdpbf16ps's, else none.
+    assert run.peak_level("fused cpu", "avx512_bf16", torch.float32) == "avx512"
+    assert run.peak_level("fused cpu", "avx512_bf16", torch.bfloat16) == "avx512_bf16"
+    assert run.peak_level("fused cpu", "avx512", torch.bfloat16) is None
+    assert run.peak_level("fused cpu", "avx2", torch.float32) == "avx2"
+    assert run.peak_level("fused@avx2", "avx512_bf16", torch.float32) == "avx2"
+    assert run.peak_level("fused@avx2", "avx512_bf16", torch.bfloat16) is None
+    assert run.peak_level("fused cpu", "avx512", torch.float16) is None

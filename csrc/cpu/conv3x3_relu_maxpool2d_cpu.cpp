@@ -55,6 +55,7 @@ std::string cpu_algorithm(const at::Tensor& input, const at::Tensor& weight) {
     case Algorithm::kImplicitGemm: return std::string("implicit_gemm/") + k.name;
     case Algorithm::kDirect: break;
   }
+  if (takes_bf16_pairs(k, input.scalar_type())) return std::string("direct_bf16/") + k.name;
   return std::string("direct/") + (f64 ? "generic" : k.name);
 }
 
@@ -74,11 +75,7 @@ at::Tensor cpu_work_items(const at::Tensor& input, const at::Tensor& weight, boo
   const auto add = [&](std::initializer_list<int64_t> row) { rows.insert(rows.end(), row); };
   const CpuKernels& k = cpu_kernels();
   if (algorithm == "direct") {
-    const bool f64 = input.scalar_type() == at::kDouble;
-    const int64_t row_stride =
-        f64 ? DirectGeometry(input, weight, direct_kernels<double>(k), pool).row_stride
-            : DirectGeometry(input, weight, direct_kernels<float>(k), pool).row_stride;
-    const DirectItems items(n, ho, row_stride * (f64 ? 8 : 4), threads);
+    const DirectItems items(n, ho, direct_row_bytes(k, input, weight, pool), threads);
     for (int64_t i = 0; i < items.count; ++i) {
       const auto [image, py0, py1] = items[i];
       add({image, image + 1, py0, py1, 0, c_out});
@@ -125,8 +122,8 @@ at::Tensor fused_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
 }  // namespace simplecnn
 
 TORCH_LIBRARY_FRAGMENT(simplecnn, m) {
-  // The instruction-set level CPU calls take now ("avx512", "avx2" or "generic"), the levels
-  // this CPU runs (best first), and a way to switch (for tests and benchmarks).
+  // The instruction-set level CPU calls take now ("avx512_bf16", "avx512", "avx2" or "generic"),
+  // the levels this CPU runs (best first), and a way to switch (for tests and benchmarks).
   m.def("_cpu_capability() -> str", &simplecnn::cpu::cpu_capability);
   m.def("_cpu_capabilities() -> str[]", &simplecnn::cpu::cpu_capabilities);
   m.def("_set_cpu_capability(str level) -> ()", &simplecnn::cpu::set_capability);
@@ -134,7 +131,8 @@ TORCH_LIBRARY_FRAGMENT(simplecnn, m) {
   m.def("_cpu_winograd() -> str", &simplecnn::cpu::cpu_winograd);
   m.def("_set_cpu_winograd(str setting) -> ()", &simplecnn::cpu::set_cpu_winograd);
   // Which algorithm the CPU kernel picks for these arguments and the level of its kernel:
-  // "direct", "winograd_4x4", "winograd_2x2" or "implicit_gemm", then "/" and the level.
+  // "direct", "direct_bf16", "winograd_4x4", "winograd_2x2" or "implicit_gemm", then "/" and
+  // the level.
   m.def("_cpu_algorithm(Tensor input, Tensor weight) -> str");
   // The work items of an algorithm's driver for these arguments (a test that they partition
   // the output).

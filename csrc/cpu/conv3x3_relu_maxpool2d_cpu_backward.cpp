@@ -64,7 +64,7 @@ class FusedBackward {
         // wide enough for those reads (padded_w >= round_up(2*Wo, chunk_cols) + 2).
         strip_w_(ceil_div(2 * Wo_, kStripAlign) * kStripAlign),
         strip_stride_(strip_w_ + 2 * kStripMargin), strips_per_channel_(Ho_ * 2 * strip_stride_),
-        packed_(pack_direct_weights<scalar_t, acc_t>(weight, g_.co_block)),
+        packed_(pack_direct_weights<scalar_t, acc_t>(weight, g_)),
         bias_(read_bias<scalar_t, acc_t>(bias, weight.size(0))) {
     const scalar_t* w = weight.const_data_ptr<scalar_t>();
     weights_.resize(g_.c_out * g_.c_in * 9);  // [c_out][c_in][9] for the gradient loops

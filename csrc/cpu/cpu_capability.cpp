@@ -8,8 +8,10 @@
 #include <c10/util/Exception.h>
 #include <c10/util/StringUtil.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <iterator>
 #include <mutex>
 
 #if defined(__x86_64__)
@@ -21,7 +23,7 @@ namespace {
 
 #if defined(__x86_64__)
 struct X86Levels {
-  bool avx2 = false, avx512 = false;
+  bool avx2 = false, avx512 = false, avx512_bf16 = false;
 };
 
 X86Levels detect_x86() {
@@ -41,12 +43,16 @@ X86Levels detect_x86() {
   X86Levels levels;
   levels.avx2 = ymm_state && avx2 && fma && f16c;
   levels.avx512 = levels.avx2 && zmm_state && avx512;
+  // AVX512_BF16 is in subleaf 1 of leaf 7, where subleaf 0's EAX (its last subleaf) reaches it.
+  if (a >= 1 && __get_cpuid_count(7, 1, &a, &b, &c, &d))
+    levels.avx512_bf16 = levels.avx512 && (a & (1u << 5));
   return levels;
 }
 #endif
 
 const CpuKernels& kernels_of(const std::string& level) {
 #if defined(__x86_64__)
+  if (level == "avx512_bf16") return avx512_bf16_kernels();
   if (level == "avx512") return avx512_kernels();
   if (level == "avx2") return avx2_kernels();
 #endif
@@ -57,7 +63,8 @@ void check_supported(const std::string& level, const char* source) {
   const auto& supported = supported_capabilities();
   for (const auto& s : supported)
     if (s == level) return;
-  const bool known = level == "avx512" || level == "avx2" || level == "generic";
+  const char* const levels[] = {"avx512_bf16", "avx512", "avx2", "generic"};
+  const bool known = std::find(std::begin(levels), std::end(levels), level) != std::end(levels);
   TORCH_CHECK(false, source, "'", level,
               "': ", known ? "this CPU cannot run it" : "not a CPU capability level",
               "; this CPU runs: ", c10::Join(", ", supported));
@@ -72,6 +79,7 @@ const std::vector<std::string>& supported_capabilities() {
     std::vector<std::string> v;
 #if defined(__x86_64__)
     const X86Levels x86 = detect_x86();
+    if (x86.avx512_bf16) v.push_back("avx512_bf16");
     if (x86.avx512) v.push_back("avx512");
     if (x86.avx2) v.push_back("avx2");
 #endif

@@ -25,17 +25,51 @@ inline void store_window_indices(typename Vec<T>::V (&v)[4], StorageType storage
   VT::store_int8(dst, VT::select(flows, index, VT::set1(T(-1))), n);
 }
 
+// What the kernel multiplies: one input channel per step, T values and weights, one FMA per
+// product (every level). The avx512_bf16 level also stamps the kernel out over Bf16Pairs
+// (vec/avx512.h): two bfloat16 channels per step, one vdpbf16ps per two products. An input has
+// Elem (the staged values' and packed weights' type), `channels` (Elems per column), load (a
+// vector of columns), weight (one weight, or pair, as madd's operand) and madd.
+template <typename T>
+struct OneChannel {
+  using Elem = T;
+  static constexpr int channels = 1;
+  using X = typename Vec<T>::V;
+  static X load(const T* p) { return Vec<T>::load(p); }
+  static typename Vec<T>::Broadcast weight(const T* p) { return Vec<T>::broadcast(p); }
+  static X madd(typename Vec<T>::Broadcast w, X x, X acc) { return Vec<T>::fmadd(w, x, acc); }
+};
+
+// Stores the first n lanes of v at element `at` of the call's output: `out`, or `out_16bit`
+// (rounded to float16 / bfloat16) where the call has one (ChunkArgs).
+template <typename T, typename Args>
+inline void store_output(const Args& a, int64_t at, typename Vec<T>::V v, int n) {
+  using VT = Vec<T>;
+  if constexpr (std::is_same_v<T, float>) {
+    if (a.out_16bit != nullptr) {
+      if (n == VT::size) return VT::store_16bit(a.out_16bit + at, v, a.storage);
+      uint16_t stored[VT::size];
+      VT::store_16bit(stored, v, a.storage);
+      std::copy(stored, stored + n, a.out_16bit + at);
+      return;
+    }
+  }
+  if (n == VT::size) return VT::store(a.out + at, v);
+  VT::store_first(a.out + at, v, n);
+}
+
 // Register blocking: for each input channel, the 4 input rows under one pooled row feed 2 conv
 // rows x CO output channels x NV vectors of conv columns, 2 * CO * NV accumulators. Each input
 // segment is loaded once per kx and feeds up to 2 * CO weights, each weight NV FMAs. AVX2:
-// 2 x 3 x 2 = 12 of the 16 ymm registers; AVX-512: 2 x 6 x 2 = 24 of the 32 zmm.
+// 2 x 3 x 2 = 12 of the 16 ymm registers; AVX-512: 2 x 6 x 2 = 24 of the 32 zmm. (Per channel
+// pair with Bf16Pairs: the same loop, vdpbf16ps for FMA.)
 // Pool false: conv3x3_relu2d's kernel, which stores both conv rows (a template parameter, not
 // a flag: the other epilogue's code changed GCC's register allocation of the pooled loop).
-template <typename T, int CO, int NV, bool Pool>
-void direct_chunk(const ChunkArgs<T>& a) {
+template <typename T, int CO, int NV, bool Pool, typename In>
+void direct_chunk(const ChunkArgs<T, typename In::Elem>& a) {
   using VT = Vec<T>;
   using V = typename VT::V;
-  constexpr int L = VT::size, COLS = NV * L;
+  constexpr int L = VT::size, COLS = NV * L, P = In::channels;
   V acc[2][CO][NV];  // [conv row][channel][vector of columns]
   // The loops over channels and vectors are unrolled at once (pragmas) so that GCC sees
   // constant indices and keeps `acc` in registers; left to its later unroller it keeps the
@@ -55,34 +89,34 @@ void direct_chunk(const ChunkArgs<T>& a) {
     }
   }
 
-  const T* in = a.in;
-  const T* w = a.weight;
-  for (int64_t ci = 0; ci < a.c_in; ++ci, in += a.in_ch_stride, w += 9 * CO) {
+  const typename In::Elem* in = a.in;
+  const typename In::Elem* w = a.weight;
+  for (int64_t ci = 0; ci < a.c_in; ++ci, in += a.in_ch_stride, w += 9 * CO * P) {
     // Opaque to GCC: otherwise it precomputes every weight address of the unrolled loop
     // and runs out of registers (8 stack accesses per channel at AVX2, 2 channels).
     asm("" : "+r"(w));
 #pragma GCC unroll 4
     for (int r = 0; r < 4; ++r) {  // input row r feeds conv row 0 (ky = r) and 1 (ky = r - 1)
-      const T* row = in + r * a.in_row_stride;
+      const typename In::Elem* row = in + r * a.in_row_stride;
 #pragma GCC unroll 3
       for (int kx = 0; kx < 3; ++kx) {
-        V x[NV];
+        typename In::X x[NV];
 #pragma GCC unroll 2
-        for (int h = 0; h < NV; ++h) x[h] = VT::load(row + kx + h * L);
+        for (int h = 0; h < NV; ++h) x[h] = In::load(row + (kx + h * L) * P);
         if (r < 3) {
 #pragma GCC unroll 8
           for (int co = 0; co < CO; ++co) {
-            const auto wv = VT::broadcast(w + (r * 3 + kx) * CO + co);
+            const auto wv = In::weight(w + ((r * 3 + kx) * CO + co) * P);
 #pragma GCC unroll 2
-            for (int h = 0; h < NV; ++h) acc[0][co][h] = VT::fmadd(wv, x[h], acc[0][co][h]);
+            for (int h = 0; h < NV; ++h) acc[0][co][h] = In::madd(wv, x[h], acc[0][co][h]);
           }
         }
         if (r > 0) {
 #pragma GCC unroll 8
           for (int co = 0; co < CO; ++co) {
-            const auto wv = VT::broadcast(w + ((r - 1) * 3 + kx) * CO + co);
+            const auto wv = In::weight(w + (((r - 1) * 3 + kx) * CO + co) * P);
 #pragma GCC unroll 2
-            for (int h = 0; h < NV; ++h) acc[1][co][h] = VT::fmadd(wv, x[h], acc[1][co][h]);
+            for (int h = 0; h < NV; ++h) acc[1][co][h] = In::madd(wv, x[h], acc[1][co][h]);
           }
         }
       }
@@ -108,14 +142,9 @@ void direct_chunk(const ChunkArgs<T>& a) {
       for (int h = 0; h < NV; ++h) {
         const int n = a.n_out - h * L < L ? a.n_out - h * L : L;
         if (n <= 0) break;
-        T* dst = a.out + co * a.out_ch_stride + h * L;
-        if (n == L) {
-          VT::store(dst + a.out_row_stride, VT::relu_keep_nan(acc[1][co][h]));
-          VT::store(dst, VT::relu_keep_nan(acc[0][co][h]));
-        } else {
-          VT::store_first(dst + a.out_row_stride, VT::relu_keep_nan(acc[1][co][h]), n);
-          VT::store_first(dst, VT::relu_keep_nan(acc[0][co][h]), n);
-        }
+        const int64_t at = co * a.out_ch_stride + h * L;
+        store_output<T>(a, at + a.out_row_stride, VT::relu_keep_nan(acc[1][co][h]), n);
+        store_output<T>(a, at, VT::relu_keep_nan(acc[0][co][h]), n);
       }
     }
     return;
@@ -142,16 +171,14 @@ void direct_chunk(const ChunkArgs<T>& a) {
       VT::even_odd(VT::max_keep_nan(acc[0][co][h], acc[1][co][h]),
                    VT::max_keep_nan(acc[0][co][h1], acc[1][co][h1]), even, odd);
       const V pooled = VT::relu_keep_nan(VT::max_keep_nan(even, odd));
-      T* dst = a.out + co * a.out_ch_stride + first;
+      const int64_t at = co * a.out_ch_stride + first;
       // Streamed only where a vector is a whole cache line (AVX-512): halves written at
       // different times leave partial lines to the write-combining buffers.
       if (sizeof(V) == 64 && n == L && a.stream_out &&
-          reinterpret_cast<uintptr_t>(dst) % sizeof(V) == 0) {
-        VT::stream(dst, pooled);
-      } else if (n == L) {
-        VT::store(dst, pooled);
+          reinterpret_cast<uintptr_t>(a.out + at) % sizeof(V) == 0) {
+        VT::stream(a.out + at, pooled);
       } else {
-        VT::store_first(dst, pooled, n);
+        store_output<T>(a, at, pooled, n);
       }
     }
   }
@@ -159,25 +186,27 @@ void direct_chunk(const ChunkArgs<T>& a) {
 
 // Fills k.chunk[0 .. CO) and k.unpooled[0 .. CO) with the kernels for blocks of 1..CO output
 // channels.
-template <typename T, int NV, int CO>
-void fill_direct_kernels(DirectKernels<T>& k) {
+template <typename T, int NV, int CO, typename In>
+void fill_direct_kernels(DirectKernels<T, typename In::Elem>& k) {
   if constexpr (CO > 0) {
-    k.chunk[CO - 1] = direct_chunk<T, CO, NV, true>;
-    k.unpooled[CO - 1] = direct_chunk<T, CO, NV, false>;
-    fill_direct_kernels<T, NV, CO - 1>(k);
+    k.chunk[CO - 1] = direct_chunk<T, CO, NV, true, In>;
+    k.unpooled[CO - 1] = direct_chunk<T, CO, NV, false, In>;
+    fill_direct_kernels<T, NV, CO - 1, In>(k);
   }
 }
 
-// The direct kernels of one ISA: NV vectors of conv columns, blocks of up to MaxCO channels.
-template <typename T, int NV, int MaxCO>
-DirectKernels<T> direct_kernels() {
+// The direct kernels of one ISA: NV vectors of conv columns, blocks of up to MaxCO channels,
+// multiplying In (OneChannel<T> or Bf16Pairs).
+template <typename T, int NV, int MaxCO, typename In = OneChannel<T>>
+DirectKernels<T, typename In::Elem> direct_kernels() {
   static_assert(MaxCO <= kMaxCoBlock && NV * Vec<T>::size <= kMaxChunkCols);
   // The backward reads staged rows up to its strips' width, whole kStripAlign vectors: the
   // staged rows are that wide when chunks are whole multiples of it.
   static_assert(NV * Vec<T>::size % kStripAlign == 0);
-  DirectKernels<T> k;
+  DirectKernels<T, typename In::Elem> k;
   k.chunk_cols = NV * Vec<T>::size;
   k.max_co_block = MaxCO;
-  fill_direct_kernels<T, NV, MaxCO>(k);
+  k.channels_per_step = In::channels;
+  fill_direct_kernels<T, NV, MaxCO, In>(k);
   return k;
 }

@@ -31,9 +31,8 @@ class FusedForward {
  public:
   FusedForward(const at::Tensor& input, const at::Tensor& weight,
                const std::optional<at::Tensor>& bias, const at::Tensor& out, bool pool)
-      : input_(input), weight_(weight), kernels_(cpu_kernels()),
-        direct_(direct_kernels<acc_t>(kernels_)), geometry_(input, weight, direct_, pool),
-        pool_(pool), N_(input.size(0)), C_in_(input.size(1)), C_out_(weight.size(0)),
+      : input_(input), weight_(weight), kernels_(cpu_kernels()), pool_(pool), N_(input.size(0)),
+        C_in_(input.size(1)), C_out_(weight.size(0)),
         Ho_(pool ? out.size(2) : ceil_div(out.size(2), 2)),
         Wo_(pool ? out.size(3) : ceil_div(out.size(3), 2)),
         bias_(read_bias<scalar_t, acc_t>(bias, weight.size(0))), target_(out, pool, kernels_) {
@@ -53,18 +52,21 @@ class FusedForward {
 
  private:
   // Where the direct kernel's pooled (or unpooled: conv) values go (direct_row's target):
-  // float32 and float64 outputs with contiguous rows are written in place; other dtypes and
-  // layouts go through a small tile that is converted and scattered.
+  // outputs with contiguous rows are written in place, by the kernel (float16 and bfloat16
+  // converted as it stores them: ChunkArgs::out_16bit); other layouts go through a small tile
+  // that is converted and scattered.
   struct OutputTarget {
     OutputTarget(const at::Tensor& out, bool pool, const CpuKernels& k)
         : k(k), ptr(out.mutable_data_ptr<scalar_t>()), sN(out.stride(0)), sC(out.stride(1)),
           sH(out.stride(2)), sW(out.stride(3)), H(out.size(2)), W(out.size(3)), pool(pool),
-          in_place(std::is_same_v<scalar_t, acc_t> && sW == 1),
+          in_place(sW == 1 && (std::is_same_v<scalar_t, acc_t> ||
+                               (std::is_same_v<acc_t, float> &&
+                                storage_type<scalar_t>() != StorageType::kFloat))),
           // Outputs larger than the threads' L2 caches are streamed past them: the write then
           // needs no read of the line first. Measured on the seed layer (3 -> 18, 32x32, Zen 4,
           // 2 threads): N=256 (4.7 MB) 1.8 -> 1.45 ms, N=1024 7.5 -> 6.1; SimpleCNN N=256 the
           // same (its next layer reads the output from memory instead of L3).
-          stream(pool && in_place &&
+          stream(pool && in_place && std::is_same_v<scalar_t, acc_t> &&
                  out.numel() * int64_t(sizeof(scalar_t)) > kStreamedOutputBytes) {}
     // Per thread: the image and pooled row being written (unpooled: its first conv row and how
     // many of the two are inside the output), the conversion tile.
@@ -79,20 +81,25 @@ class FusedForward {
       static constexpr int64_t kTileRow = kMaxChunkCols, kTileChannel = 2 * kMaxChunkCols;
       // The output's column of the chunk at conv column x.
       int64_t column(int64_t x) const { return out.pool ? x / 2 : x; }
-      void prepare(ChunkArgs<acc_t>& args, int64_t co0, int64_t x) {
+      template <typename in_t>
+      void prepare(ChunkArgs<acc_t, in_t>& args, int64_t co0, int64_t x) {
         args.out = tile;
         args.out_ch_stride = kTileChannel;
         args.out_row_stride = rows == 2 ? kTileRow : 0;
+        if (!out.in_place) return;
+        scalar_t* dst = row + co0 * out.sC + column(x);
+        args.out_ch_stride = out.sC;
+        args.out_row_stride = rows == 2 ? out.sH : 0;
         if constexpr (std::is_same_v<scalar_t, acc_t>) {
-          if (out.in_place) {
-            args.out = row + co0 * out.sC + column(x) * out.sW;
-            args.out_ch_stride = out.sC;
-            args.out_row_stride = rows == 2 ? out.sH : 0;
-            args.stream_out = out.stream;
-          }
+          args.out = dst;
+          args.stream_out = out.stream;
+        } else {
+          args.out_16bit = reinterpret_cast<uint16_t*>(dst);
+          args.storage = storage_type<scalar_t>();
         }
       }
-      void finish(const ChunkArgs<acc_t>& args, int64_t co0, int cob, int64_t x) {
+      template <typename in_t>
+      void finish(const ChunkArgs<acc_t, in_t>& args, int64_t co0, int cob, int64_t x) {
         if (out.in_place) return;
         scalar_t* dst = row + co0 * out.sC + column(x) * out.sW;
         if (out.sW == 1) {  // NCHW: runs of columns
@@ -159,21 +166,11 @@ class FusedForward {
     bool pool, in_place, stream;
   };
 
-  // Per-thread buffers of the direct kernel.
-  struct Workspace {
-    Workspace(const FusedForward& f, int64_t scratch_rows)
-        : scratch(scratch_rows * f.geometry_.row_stride),
-          partial(2 * f.C_out_ * f.geometry_.chunk_cols) {}
-    std::vector<acc_t> scratch;  // [row][channel][column]
-    std::vector<acc_t> partial;  // partial sums across input-channel blocks
-  };
-
-  // Pooled row py of image n (unpooled: conv rows 2 py and 2 py + 1) with the direct kernel;
-  // `rows` is the scratch at its top halo row.
-  void direct_window_row(int64_t n, int64_t py, const acc_t* rows, Workspace& ws);
-
-  // Each algorithm's driver, over its work items (work_items.h).
+  // Each algorithm's driver, over its work items (work_items.h). The direct one runs the
+  // kernels `direct` over input staged as their in_t (float32 values, or bfloat16 pairs).
   void run_direct();
+  template <typename in_t>
+  void run_direct(const DirectKernels<acc_t, in_t>& direct);
   void run_winograd();
 
   // The outputs of a Winograd item's tiles (`out`: WinogradTilesArgs::out) for channels
@@ -219,16 +216,13 @@ class FusedForward {
   const at::Tensor& input_;
   const at::Tensor& weight_;
   const CpuKernels& kernels_;  // the level's, read once per call
-  const DirectKernels<acc_t>& direct_;
-  const DirectGeometry geometry_;
-  const bool pool_;  // false: conv3x3_relu2d
+  const bool pool_;            // false: conv3x3_relu2d
   // Ho_ x Wo_ pool windows: the pooled output's size; unpooled, the windows that cover the
   // output (ceil(H / 2) x ceil(W / 2)).
   const int64_t N_, C_in_, C_out_, Ho_, Wo_;
   const std::vector<acc_t> bias_;
   const OutputTarget target_;
   Algorithm algorithm_ = Algorithm::kDirect;
-  std::vector<acc_t> packed_;  // direct kernel
   std::once_flag gemm_once_;
   std::unique_ptr<float[]> gemm_weights_;  // implicit GEMM
   std::vector<float> gemm_bias_;

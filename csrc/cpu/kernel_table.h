@@ -2,7 +2,8 @@
 // resolver that picks the level calls take (as XNNPACK's hardware config and PyTorch's
 // DispatchStub do). The drivers read kernels, vector widths and blockings from the table.
 //
-// Levels, best first: "avx512" (AVX-512 F/BW/DQ/VL with the OS saving zmm state), "avx2"
+// Levels, best first: "avx512_bf16" (and AVX512_BF16: "avx512" with a bfloat16 direct kernel),
+// "avx512" (AVX-512 F/BW/DQ/VL with the OS saving zmm state), "avx2"
 // (AVX2 + FMA + F16C), "generic" (portable C++). The kernels are templates over the vector
 // layer (vec/README.md) stamped out per level in kernels_<level>.cpp; a level's table may
 // name a lower level's kernel where it has none of its own (avx512: AVX2's transpose).
@@ -18,13 +19,15 @@
 
 namespace simplecnn::cpu {
 
-// The direct kernel of one level and dtype: blocks of 1..max_co_block output channels.
-template <typename T>
+// The direct kernel of one level and dtype: blocks of 1..max_co_block output channels,
+// accumulating in T from staged in_t values (pooled_chunk.h: ChunkArgs).
+template <typename T, typename in_t = T>
 struct DirectKernels {
-  int chunk_cols = 0;  // conv columns per call (a multiple of 2)
+  int chunk_cols = 0;  // conv columns per call (a multiple of 2); 0: the level has none
   int max_co_block = 0;
-  ChunkKernel<T> chunk[kMaxCoBlock] = {};     // [co_block - 1]
-  ChunkKernel<T> unpooled[kMaxCoBlock] = {};  // the same for conv3x3_relu2d
+  int channels_per_step = 1;                        // input channels per step: 2 for bfloat16 pairs
+  ChunkKernel<T, in_t> chunk[kMaxCoBlock] = {};     // [co_block - 1]
+  ChunkKernel<T, in_t> unpooled[kMaxCoBlock] = {};  // the same for conv3x3_relu2d
 };
 
 // The backward pass's strip filling and per-channel gradient loops of one level and dtype
@@ -40,6 +43,9 @@ struct GradKernels {
 struct CpuKernels {
   const char* name;  // the level
   DirectKernels<float> direct;
+  // bfloat16 inputs as channel pairs, two products per vdpbf16ps (AVX512_BF16): the
+  // avx512_bf16 level only (chunk_cols 0 elsewhere; bfloat16 then runs `direct` on float32).
+  DirectKernels<float, uint16_t> direct_bf16;
   // Wide layers.
   void (*window_gemm)(const WindowGemmArgs&) = nullptr;
   void (*transpose)(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
@@ -59,6 +65,7 @@ struct CpuKernels {
 const CpuKernels& generic_kernels();
 const CpuKernels& avx2_kernels();
 const CpuKernels& avx512_kernels();
+const CpuKernels& avx512_bf16_kernels();
 // float64 runs the portable direct kernel and gradient loops on every level.
 const DirectKernels<double>& generic_direct_kernels_f64();
 const GradKernels<double>& generic_grad_kernels_f64();

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")

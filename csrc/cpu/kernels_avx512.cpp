@@ -1,6 +1,7 @@
 // The "avx512" level (AVX-512 F/BW/DQ/VL): the vector-layer kernels stamped out for AVX-512, as
 // kernels_avx2.cpp does for AVX2. The transpose, an AVX2 primitive of the vector layer, is the
-// AVX2 level's.
+// AVX2 level's. The "avx512_bf16" level is the same table plus the direct kernel over bfloat16
+// channel pairs (vec/avx512.h: Bf16Pairs, whose one AVX512_BF16 instruction is written in asm).
 #include "kernel_table.h"
 
 #if defined(__x86_64__)
@@ -14,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")
@@ -42,6 +44,17 @@ const CpuKernels& avx512_kernels() {
     // 16 10.5-10.9; 24 spills: 15.5).
     CpuKernels k = avx512::level_kernels<6, 16>("avx512");
     k.transpose = avx2_kernels().transpose;  // AVX2's: the vector layer has no AVX-512 transpose
+    return k;
+  }();
+  return kernels;
+}
+
+const CpuKernels& avx512_bf16_kernels() {
+  static const CpuKernels kernels = [] {
+    CpuKernels k = avx512_kernels();
+    k.name = "avx512_bf16";
+    // The float32 kernel's blocking: 24 zmm accumulators, two zmm of input pairs per kx.
+    k.direct_bf16 = avx512::direct_kernels<float, 2, 6, avx512::Bf16Pairs>();
     return k;
   }();
   return kernels;

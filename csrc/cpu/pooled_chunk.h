@@ -25,15 +25,18 @@ enum class StorageType : int8_t { kFloat, kHalf, kBFloat16 };
 constexpr int kMaxChunkCols = 32;  // conv columns per call: AVX-512, two zmm vectors of 16
 constexpr int kMaxCoBlock = 6;     // output channels per call (AVX-512)
 
-template <typename acc_t>
+// in_t: the staged input's and packed weights' element, acc_t (one channel per step), or
+// uint16_t for bfloat16 channel pairs (the avx512_bf16 level's vdpbf16ps kernel: two channels
+// per step, their values side by side, [pair][column][2] and [pair][ky][kx][co_block][2]).
+template <typename acc_t, typename in_t = acc_t>
 struct ChunkArgs {
   // Scratch at input row 2*py - 1 (the top halo row), channel 0, input column x - 1, where
   // x is the chunk's first conv column. The kernel reads 4 rows and chunk_cols + 2 columns.
-  const acc_t* in;
+  const in_t* in;
   int64_t in_row_stride;  // elements between input rows in the scratch
-  int64_t in_ch_stride;   // elements between input channels in the scratch
-  int64_t c_in;
-  const acc_t* weight;    // packed for this channel block: [c_in][ky][kx][co_block]
+  int64_t in_ch_stride;   // elements between input channels (pairs: channel pairs) there
+  int64_t c_in;           // channels (pairs: channel pairs, the last one zero-padded)
+  const in_t* weight;     // packed for this channel block: [c_in][ky][kx][co_block]
   const acc_t* bias;      // co_block values (zeros when the op has no bias)
   acc_t* out;             // pooled value (py, x / 2) of the block's first channel (unpooled:
                           // conv value (2 py, x))
@@ -52,18 +55,22 @@ struct ChunkArgs {
   int8_t* index = nullptr;
   int64_t index_ch_stride = 0;  // bytes between channels in `index`; columns are contiguous
   // The tensors' dtype: stock routes by the conv values rounded to it (two values that round
-  // to one number are a tie there), so the indices are chosen on rounded values too.
+  // to one number are a tie there), so the indices are chosen on rounded values too; and
+  // out_16bit's.
   StorageType storage = StorageType::kFloat;
   // Whole aligned vectors of pooled values go to `out` with stores that bypass the caches (the
   // caller fences before the output is read).
   bool stream_out = false;
+  // When set, the last call stores to it instead of `out` (same strides): float16 or bfloat16
+  // values (`storage`), their bits, rounded to nearest even.
+  uint16_t* out_16bit = nullptr;
   // Unpooled kernels (DirectKernels::unpooled): the last call stores relu of both conv rows,
   // out_row_stride elements apart in `out` (0 where only the first row is wanted: the last row
   // of an odd height).
   int64_t out_row_stride = 0;
 };
 
-template <typename acc_t>
-using ChunkKernel = void (*)(const ChunkArgs<acc_t>&);
+template <typename acc_t, typename in_t = acc_t>
+using ChunkKernel = void (*)(const ChunkArgs<acc_t, in_t>&);
 
 }  // namespace simplecnn::cpu

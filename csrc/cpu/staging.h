@@ -77,24 +77,29 @@ inline bool all_finite(const at::Tensor& t) {
   }
 }
 
-// Input channels per micro-kernel call. 32 channels x 4 rows x 18 columns of staged input
-// (~20 KB with line overlap; AVX-512's 34 columns, ~17 KB without) fit L1 beside the weights;
-// measured (AVX2) ~5-15% faster than no blocking at 64->64 and slower at 8 or 16 (partial sums
-// are reloaded more often).
+// Input channels (bfloat16 pairs: channel pairs, as many bytes) per micro-kernel call. 32
+// channels x 4 rows x 18 columns of staged input (~20 KB with line overlap; AVX-512's 34
+// columns, ~17 KB without) fit L1 beside the weights; measured (AVX2) ~5-15% faster than no
+// blocking at 64->64 and slower at 8 or 16 (partial sums are reloaded more often).
 constexpr int64_t kInputChannelBlock = 32;
 
 // The direct kernel's view of one call: sizes, the level's blocking and the scratch geometry.
+// The scratch is [row][step][column][channels_per_step]: a step is one channel, or a pair of
+// bfloat16 channels side by side (DirectKernels::channels_per_step).
 struct DirectGeometry {
-  template <typename acc_t>
-  DirectGeometry(const at::Tensor& input, const at::Tensor& weight, const DirectKernels<acc_t>& k,
-                 bool pool = true)
+  template <typename acc_t, typename in_t>
+  DirectGeometry(const at::Tensor& input, const at::Tensor& weight,
+                 const DirectKernels<acc_t, in_t>& k, bool pool = true)
       : c_in(input.size(1)), w(input.size(3)), c_out(weight.size(0)), wo(input.size(3) / 2),
         conv_cols(pool ? 2 * wo : w), chunk_cols(k.chunk_cols), co_block(k.max_co_block),
         // The last chunk of a row reads up to column round_up(conv_cols, chunk_cols) + 1.
         padded_w(std::max(w + 2, ceil_div(conv_cols, chunk_cols) * chunk_cols + 2)),
-        row_stride(c_in * padded_w), pool(pool) {}
+        per_step(k.channels_per_step), steps(ceil_div(c_in, per_step)),
+        step_stride(padded_w * per_step), row_stride(steps * step_stride), pool(pool) {}
   // conv_cols: the conv columns computed (pooled: 2 Wo, unpooled: all W).
-  int64_t c_in, w, c_out, wo, conv_cols, chunk_cols, co_block, padded_w, row_stride;
+  int64_t c_in, w, c_out, wo, conv_cols, chunk_cols, co_block, padded_w;
+  // Channels per step, steps, and the scratch's elements between steps and between rows.
+  int64_t per_step, steps, step_stride, row_stride;
   bool pool;
 };
 
@@ -147,13 +152,56 @@ void stage_rows(const CpuKernels& k, const at::Tensor& input, int64_t n, int64_t
   }
 }
 
-// Weights packed per block of `co_block` output channels as [c_in][ky][kx][co], the order the
-// micro-kernels read them; the block starting at channel co0 starts at co0*c_in*9.
-// In parallel over the blocks: at 256 -> 512 channels it is 4.7 MB per call.
-template <typename scalar_t, typename acc_t>
-std::vector<acc_t> pack_direct_weights(const at::Tensor& weight, int64_t co_block) {
-  const int64_t C_out = weight.size(0), C_in = weight.size(1);
-  std::vector<acc_t> packed(C_out * C_in * 9);
+// Copies input rows [y0, y0 + rows) of image n as bfloat16 channel pairs (their bits) into
+// `scratch`, laid out as stage_rows does with a step of two channels (DirectGeometry): column c
+// holds the pair at input column c - 1; zeros at c = 0, past the right edge, in rows outside
+// the image and in the second channel of an odd count's last pair.
+inline void stage_rows_bf16_pairs(const at::Tensor& input, int64_t n, int64_t y0, int64_t rows,
+                                  const DirectGeometry& g, uint16_t* scratch) {
+  const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t sN = input.stride(0), sC = input.stride(1), sH = input.stride(2),
+                sW = input.stride(3);
+  const auto* base = reinterpret_cast<const uint16_t*>(input.const_data_ptr<at::BFloat16>()) +
+                     n * sN;
+  for (int64_t p = 0; p < g.steps; ++p) {
+    const bool has_second = 2 * p + 1 < C;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t y = y0 + r;
+      uint16_t* dst = scratch + r * g.row_stride + p * g.step_stride;
+      if (y < 0 || y >= H) {
+        std::fill(dst, dst + g.step_stride, uint16_t(0));
+        continue;
+      }
+      const uint16_t* first = base + 2 * p * sC + y * sH;
+      const uint16_t* second = has_second ? first + sC : nullptr;
+      dst[0] = dst[1] = 0;
+      uint16_t* to = dst + 2;
+      if (sW == 1 && has_second) {  // NCHW: two rows interleaved (GCC vectorizes it)
+        for (int64_t x = 0; x < W; ++x) {
+          to[2 * x] = first[x];
+          to[2 * x + 1] = second[x];
+        }
+      } else {
+        for (int64_t x = 0; x < W; ++x) {
+          to[2 * x] = first[x * sW];
+          to[2 * x + 1] = has_second ? second[x * sW] : uint16_t(0);
+        }
+      }
+      std::fill(to + 2 * W, dst + g.step_stride, uint16_t(0));
+    }
+  }
+}
+
+// Weights packed per block of co_block output channels as [step][ky][kx][co][channel in the
+// step], the order the micro-kernels read them, zeros for the padding channel of an odd count's
+// last pair; the block starting at channel co0 starts at co0 * steps * per_step * 9. in_t is
+// acc_t, or uint16_t for bfloat16 pairs (the bits). In parallel over the blocks: at 256 -> 512
+// channels it is 4.7 MB per call.
+template <typename scalar_t, typename in_t>
+std::vector<in_t> pack_direct_weights(const at::Tensor& weight, const DirectGeometry& g) {
+  const int64_t C_out = weight.size(0), C_in = weight.size(1), P = g.per_step;
+  const int64_t co_block = g.co_block, block_stride = g.steps * P * 9;
+  std::vector<in_t> packed(C_out * block_stride);
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2),
                 s3 = weight.stride(3);
@@ -162,12 +210,18 @@ std::vector<acc_t> pack_direct_weights(const at::Tensor& weight, int64_t co_bloc
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t co0 = begin * co_block; co0 < std::min(C_out, end * co_block); co0 += co_block) {
       const int64_t cob = std::min<int64_t>(co_block, C_out - co0);
-      acc_t* dst = packed.data() + co0 * C_in * 9;
+      in_t* dst = packed.data() + co0 * block_stride;
       for (int64_t j = 0; j < cob; ++j)  // reading each output channel's weights in order
         for (int64_t ci = 0; ci < C_in; ++ci)
-          for (int64_t k = 0; k < 9; ++k)
-            dst[(ci * 9 + k) * cob + j] = static_cast<acc_t>(
-                w[(co0 + j) * s0 + ci * s1 + (k / 3) * s2 + (k % 3) * s3]);
+          for (int64_t k = 0; k < 9; ++k) {
+            const scalar_t value = w[(co0 + j) * s0 + ci * s1 + (k / 3) * s2 + (k % 3) * s3];
+            in_t& to = dst[(((ci / P) * 9 + k) * cob + j) * P + ci % P];
+            if constexpr (std::is_same_v<in_t, uint16_t>) {
+              to = value.x;  // bfloat16 bits
+            } else {
+              to = static_cast<in_t>(value);
+            }
+          }
     }
   });
   return packed;
@@ -188,31 +242,31 @@ std::vector<acc_t> read_bias(const std::optional<at::Tensor>& bias, int64_t c_ou
 // chunk_cols conv columns and block of output channels, target.prepare(args, co0, x) points
 // the last call's output (pooled values, unpooled conv values or window indices) somewhere, and
 // target.finish(args, co0, cob, x) runs after it.
-template <typename acc_t, typename Target>
-void direct_row(const DirectGeometry& g, const DirectKernels<acc_t>& k, const acc_t* rows,
-                const acc_t* packed, const acc_t* bias, acc_t* partial, Target& target) {
+template <typename acc_t, typename in_t, typename Target>
+void direct_row(const DirectGeometry& g, const DirectKernels<acc_t, in_t>& k, const in_t* rows,
+                const in_t* packed, const acc_t* bias, acc_t* partial, Target& target) {
   for (int64_t x = 0; x < g.conv_cols; x += g.chunk_cols) {
     const int n_out = static_cast<int>(g.pool ? std::min<int64_t>(g.chunk_cols / 2, g.wo - x / 2)
                                               : std::min<int64_t>(g.chunk_cols, g.w - x));
     // Input channels in blocks, all output channels per block: the chunk's input rows for one
     // block stay in L1 while every output channel reads them.
-    for (int64_t ci0 = 0; ci0 < g.c_in; ci0 += kInputChannelBlock) {
-      const int64_t cib = std::min(kInputChannelBlock, g.c_in - ci0);
-      const bool last = ci0 + cib == g.c_in;
+    for (int64_t s0 = 0; s0 < g.steps; s0 += kInputChannelBlock) {
+      const int64_t sb = std::min(kInputChannelBlock, g.steps - s0);
+      const bool last = s0 + sb == g.steps;
       for (int64_t co0 = 0; co0 < g.c_out; co0 += g.co_block) {
         const int cob = static_cast<int>(std::min<int64_t>(g.co_block, g.c_out - co0));
-        ChunkArgs<acc_t> args{rows + ci0 * g.padded_w + x,
-                              g.row_stride,
-                              g.padded_w,
-                              cib,
-                              packed + (co0 * g.c_in + ci0 * cob) * 9,
-                              bias + co0,
-                              nullptr,
-                              0,
-                              n_out,
-                              partial + co0 * 2 * g.chunk_cols,
-                              ci0 == 0,
-                              last};
+        ChunkArgs<acc_t, in_t> args{rows + s0 * g.step_stride + x * g.per_step,
+                                    g.row_stride,
+                                    g.step_stride,
+                                    sb,
+                                    packed + (co0 * g.steps + s0 * cob) * 9 * g.per_step,
+                                    bias + co0,
+                                    nullptr,
+                                    0,
+                                    n_out,
+                                    partial + co0 * 2 * g.chunk_cols,
+                                    s0 == 0,
+                                    last};
         if (last) target.prepare(args, co0, x);
         (g.pool ? k.chunk : k.unpooled)[cob - 1](args);
         if (last) target.finish(args, co0, cob, x);
