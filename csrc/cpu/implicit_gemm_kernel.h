@@ -62,23 +62,18 @@ inline void window_gemm(const WindowGemmArgs& a) {
   }
 }
 
-// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols, 8x8 at a time
-// (Vec::transpose8x8, which the AVX2 and generic layers have). Packs weight blocks ([16
-// channels][9 C_in] to [9 C_in][16]) and stages NCHW input rows channels-last ([C][W] to [W][C]).
-template <typename Layer = VF>
-void transpose(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
-               int64_t dst_stride) {
-  int64_t r = 0;
-  for (; r + 8 <= rows; r += 8) {
-    int64_t c = 0;
-    for (; c + 8 <= cols; c += 8)
-      Layer::transpose8x8(src + r * src_stride + c, src_stride, dst + c * dst_stride + r,
-                          dst_stride);
-    for (; c < cols; ++c)
-      for (int64_t i = r; i < r + 8; ++i) dst[c * dst_stride + i] = src[i * src_stride + c];
-  }
-  for (; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols, in the vector
+// layer's blocks (Vec::transpose_block: 16x16 at AVX-512, 8x8 at AVX2). Packs weight blocks
+// ([16 channels][9 C_in] to [9 C_in][16]) and stages NCHW input rows channels-last ([C][W] to
+// [W][C]).
+inline void transpose(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+                      int64_t dst_stride) {
+  constexpr int64_t B = VF::transpose_size;
+  for (int64_t r = 0; r < rows; r += B)
+    for (int64_t c = 0; c < cols; c += B)
+      VF::transpose_block(
+          src + r * src_stride + c, src_stride, static_cast<int>(std::min(B, rows - r)),
+          static_cast<int>(std::min(B, cols - c)), dst + c * dst_stride + r, dst_stride);
 }
 
 }  // namespace implicit_gemm

@@ -5,8 +5,7 @@
 // Levels, best first: "avx512_bf16" (and AVX512_BF16: "avx512" with a bfloat16 direct kernel),
 // "avx512" (AVX-512 F/BW/DQ/VL with the OS saving zmm state), "avx2"
 // (AVX2 + FMA + F16C), "generic" (portable C++). The kernels are templates over the vector
-// layer (vec/README.md) stamped out per level in kernels_<level>.cpp; a level's table may
-// name a lower level's kernel where it has none of its own (avx512: AVX2's transpose).
+// layer (vec/README.md) stamped out per level in kernels_<level>.cpp.
 #pragma once
 
 #include "backward_grad.h"

@@ -32,13 +32,9 @@ namespace simplecnn::cpu::avx2 {
 namespace simplecnn::cpu {
 
 const CpuKernels& avx2_kernels() {
-  static const CpuKernels kernels = [] {
-    // Direct: 2 x 3 x 2 = 12 of the 16 ymm registers as accumulators; Winograd: 6 tiles x 2
-    // vectors = 12.
-    CpuKernels k = avx2::level_kernels<3, 6>("avx2");
-    k.transpose = avx2::implicit_gemm::transpose<>;
-    return k;
-  }();
+  // Direct: 2 x 3 x 2 = 12 of the 16 ymm registers as accumulators; Winograd: 6 tiles x 2
+  // vectors = 12.
+  static const CpuKernels kernels = avx2::level_kernels<3, 6>("avx2");
   return kernels;
 }
 

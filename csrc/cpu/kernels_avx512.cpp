@@ -1,7 +1,7 @@
 // The "avx512" level (AVX-512 F/BW/DQ/VL): the vector-layer kernels stamped out for AVX-512, as
-// kernels_avx2.cpp does for AVX2. The transpose, an AVX2 primitive of the vector layer, is the
-// AVX2 level's. The "avx512_bf16" level is the same table plus the direct kernel over bfloat16
-// channel pairs (vec/avx512.h: Bf16Pairs, whose one AVX512_BF16 instruction is written in asm).
+// kernels_avx2.cpp does for AVX2. The "avx512_bf16" level is the same table plus the direct kernel
+// over bfloat16 channel pairs (vec/avx512.h: Bf16Pairs, whose one AVX512_BF16 instruction is
+// written in asm).
 #include "kernel_table.h"
 
 #if defined(__x86_64__)
@@ -38,14 +38,10 @@ namespace simplecnn::cpu::avx512 {
 namespace simplecnn::cpu {
 
 const CpuKernels& avx512_kernels() {
-  static const CpuKernels kernels = [] {
-    // Direct: 2 x 6 x 2 = 24 of the 32 zmm registers as accumulators; Winograd: 16 tiles x 1
-    // vector = 16 (measured on Zen 4, 64 -> 64 32x32 N=64: 8 tiles 10.7-12.0 ms, 12 10.8-10.9,
-    // 16 10.5-10.9; 24 spills: 15.5).
-    CpuKernels k = avx512::level_kernels<6, 16>("avx512");
-    k.transpose = avx2_kernels().transpose;  // AVX2's: the vector layer has no AVX-512 transpose
-    return k;
-  }();
+  // Direct: 2 x 6 x 2 = 24 of the 32 zmm registers as accumulators; Winograd: 16 tiles x 1
+  // vector = 16 (measured on Zen 4, 64 -> 64 32x32 N=64: 8 tiles 10.7-12.0 ms, 12 10.8-10.9,
+  // 16 10.5-10.9; 24 spills: 15.5).
+  static const CpuKernels kernels = avx512::level_kernels<6, 16>("avx512");
   return kernels;
 }
 

@@ -21,12 +21,8 @@ namespace generic {
 }  // namespace generic
 
 const CpuKernels& generic_kernels() {
-  static const CpuKernels kernels = [] {
-    // The AVX2 level's blocking, for 8-lane vectors.
-    CpuKernels k = generic::level_kernels<3, 6>("generic");
-    k.transpose = generic::implicit_gemm::transpose<>;
-    return k;
-  }();
+  // The AVX2 level's blocking, for 8-lane vectors.
+  static const CpuKernels kernels = generic::level_kernels<3, 6>("generic");
   return kernels;
 }
 

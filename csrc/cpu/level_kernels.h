@@ -1,7 +1,6 @@
 // One level's kernel table (kernel_table.h: CpuKernels) from its stamped-out kernels. Included
 // by kernels_*.cpp inside their ISA's namespace after the kernel headers (no #include here, as
-// in direct_kernel.h). The transpose, a vector-layer primitive only AVX2 and generic have, is
-// set by the caller.
+// in direct_kernel.h).
 //
 // MaxCO: output channels per direct-kernel call, at most (2 conv rows x MaxCO channels x 2
 // vectors of columns in registers). Rows: tiles per Winograd GEMM call, at most.
@@ -10,6 +9,7 @@ CpuKernels level_kernels(const char* name) {
   CpuKernels k{name};
   k.direct = direct_kernels<float, 2, MaxCO>();
   k.window_gemm = implicit_gemm::window_gemm;
+  k.transpose = implicit_gemm::transpose;
   k.winograd_tiles = winograd::compute_tiles<Rows>;
   k.winograd_gemm_rows = Rows;
   k.transform_weights = winograd::transform_weights;

@@ -296,7 +296,7 @@ void stage_rows_channels_last(const CpuKernels& k, const at::Tensor& input, int6
       }
     return;
   }
-  if (sW == 1) {  // rows of NCHW input: [C][W] transposed, 8x8 at a time
+  if (sW == 1) {  // rows of NCHW input: [C][W] transposed in the vector layer's blocks
     for (int64_t y = y_begin; y < y_end; ++y) {
       float* dst = scratch + ((y - y0) * cols + 1) * ci_padded;
       if constexpr (std::is_same_v<scalar_t, float>) {

@@ -97,8 +97,16 @@ struct Vec<float> {
   static Mask is_nan(V v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
   static Mask either(Mask a, Mask b) { return _mm256_or_ps(a, b); }
   static V select(Mask m, V if_true, V if_false) { return _mm256_blendv_ps(if_false, if_true, m); }
-  // dst[c * dst_stride + r] = src[r * src_stride + c] for an 8x8 block.
-  static void transpose8x8(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+  // dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols, a block of at most
+  // transpose_size x transpose_size: in registers when whole, else element by element.
+  static constexpr int transpose_size = 8;
+  static void transpose_block(const float* src, int64_t src_stride, int rows, int cols, float* dst,
+                              int64_t dst_stride) {
+    if (rows < 8 || cols < 8) {
+      for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+      return;
+    }
     V r[8], t[8];
     for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
     for (int i = 0; i < 8; i += 2) {  // interleave row pairs

@@ -110,6 +110,41 @@ struct Vec<float> {
     low = _mm512_permutex2var_ps(a, low_lanes, b);
     high = _mm512_permutex2var_ps(a, high_lanes, b);
   }
+  // dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols, a block of at most
+  // 16 x 16 in registers, partial ones through masked loads and stores: rows of 16 lanes
+  // interleaved in pairs, then in pairs of pairs (within 128-bit lanes), then 128-bit lanes
+  // gathered across rows in two steps.
+  static constexpr int transpose_size = 16;
+  static void transpose_block(const float* src, int64_t src_stride, int rows, int cols, float* dst,
+                              int64_t dst_stride) {
+    const __mmask16 col_mask = static_cast<__mmask16>((1u << cols) - 1);
+    V r[16], t[16];
+    for (int i = 0; i < 16; ++i)
+      r[i] = i < rows ? _mm512_maskz_loadu_ps(col_mask, src + i * src_stride) : zero();
+    for (int i = 0; i < 16; i += 2) {  // per 128-bit lane: a0 b0 a1 b1 | a2 b2 a3 b3
+      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {  // r[i + j], lane L: column 4 L + j of rows i .. i + 3
+      r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+      r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+      r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+      r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    const __mmask16 row_mask = static_cast<__mmask16>((1u << rows) - 1);
+    for (int j = 0; j < 4; ++j) {
+      // Lanes 0, 1 then 2, 3 of rows 0-3 and 4-7 (s0, s1), and of rows 8-11 and 12-15 (s2, s3).
+      const V s0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x44);
+      const V s1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xee);
+      const V s2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x44);
+      const V s3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xee);
+      const V column[4] = {_mm512_shuffle_f32x4(s0, s2, 0x88), _mm512_shuffle_f32x4(s0, s2, 0xdd),
+                           _mm512_shuffle_f32x4(s1, s3, 0x88), _mm512_shuffle_f32x4(s1, s3, 0xdd)};
+      for (int l = 0; l < 4; ++l)  // column 4 l + j
+        if (4 * l + j < cols)
+          _mm512_mask_storeu_ps(dst + (4 * l + j) * dst_stride, row_mask, column[l]);
+    }
+  }
   static void store_int8(int8_t* p, V v, int n) {
     _mm512_mask_cvtepi32_storeu_epi8(p, static_cast<__mmask16>((1u << n) - 1),
                                      _mm512_cvtps_epi32(v));

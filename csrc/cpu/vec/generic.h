@@ -131,9 +131,11 @@ struct Vec {
   static V select(Mask m, V if_true, V if_false) {
     return map([&](int i) { return m.lane[i] ? if_true.lane[i] : if_false.lane[i]; });
   }
-  static void transpose8x8(const T* src, int64_t src_stride, T* dst, int64_t dst_stride) {
-    for (int r = 0; r < 8; ++r)
-      for (int c = 0; c < 8; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+  static constexpr int transpose_size = size;
+  static void transpose_block(const T* src, int64_t src_stride, int rows, int cols, T* dst,
+                              int64_t dst_stride) {
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
   }
   static void store_int8(int8_t* p, V v, int n) {
     for (int i = 0; i < n; ++i) p[i] = static_cast<int8_t>(v.lane[i]);
