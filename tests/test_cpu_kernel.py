@@ -242,10 +242,11 @@ def test_simd_kernels_keep_their_accumulators_in_registers(tmp_path):
             fmas, spills = _vector_stack_accesses(direct, name)
             assert fmas == vectors * rows, f"{name}: {fmas} FMAs, expected {vectors * rows}"
             assert spills == 0, f"{name}: {spills} stack accesses"
-        name = f"{level}::implicit_gemm::window_gemm"
-        fmas, spills = _vector_stack_accesses(direct, name)
-        assert fmas == 4 * vectors, f"{name}: {fmas} FMAs, expected {4 * vectors}"
-        assert spills == 0, f"{name}: {spills} stack accesses"
+        for source, fma in inputs:  # float32, and at AVX-512 bfloat16 pairs too
+            name = f"{level}::implicit_gemm::window_gemm<simplecnn::cpu::{level}::{source}"
+            fmas, spills = _vector_stack_accesses(direct, name, fma)
+            assert fmas == 4 * vectors, f"{name}: {fmas} {fma}, expected {4 * vectors}"
+            assert spills == 0, f"{name}: {spills} stack accesses"
         # The backward's gradient loops: 18 FMAs per vector of columns (4 input rows x 3 taps,
         # two conv rows each but the first and last row).
         for loop in ("grad_weight", "grad_input"):
@@ -264,6 +265,17 @@ all_levels = pytest.mark.parametrize("level", cpu_levels())
 def _algorithm(x, w):
     """The algorithm the CPU kernel takes for x and w, without the level of its kernel."""
     return torch.ops.simplecnn._cpu_algorithm(x, w).split("/")[0]
+
+
+def _on_level(algorithm, x, level):
+    """`algorithm` as _cpu_algorithm names it for input x at `level`: bfloat16 at avx512_bf16
+    takes the kernels over channel pairs, the direct one always, the implicit GEMM from 16
+    pooled windows per call."""
+    windows = x.shape[0] * (x.shape[2] // 2) * (x.shape[3] // 2)
+    pairs = (x.dtype, level) == (torch.bfloat16, "avx512_bf16") and (
+        algorithm == "direct" or (algorithm == "implicit_gemm" and windows >= 16)
+    )
+    return algorithm + "_bf16" if pairs else algorithm
 
 
 @all_levels
@@ -292,9 +304,15 @@ def test_algorithm_choice(level):
     assert _algorithm(*make_inputs(1, 15, 64, 4, 4)[:2]) == "direct"  # narrow layer
     x, w, _ = make_inputs(2, 64, 64, 16, 16, dtype=torch.float64)
     assert _algorithm(x, w) == "direct"  # float64 keeps the direct sums
-    # bfloat16 by vdpbf16ps where the level has it; float16 on float32.
+    # bfloat16 by vdpbf16ps where the level has it (the implicit GEMM from 16 windows on, where
+    # that repays pairing the weights); float16 on float32.
+    bf16_pairs = level == "avx512_bf16"
     x, w, _ = make_inputs(2, 3, 18, 32, 32, dtype=torch.bfloat16)
-    assert _algorithm(x, w) == ("direct_bf16" if level == "avx512_bf16" else "direct")
+    assert _algorithm(x, w) == ("direct_bf16" if bf16_pairs else "direct")
+    x, w, _ = make_inputs(1, 64, 64, 8, 8, dtype=torch.bfloat16)  # 16 windows
+    assert _algorithm(x, w) == ("implicit_gemm_bf16" if bf16_pairs else "implicit_gemm")
+    x, w, _ = make_inputs(1, 64, 64, 6, 8, dtype=torch.bfloat16)  # 12 windows
+    assert _algorithm(x, w) == "implicit_gemm"
     x, w, _ = make_inputs(2, 3, 18, 32, 32, dtype=torch.float16)
     assert _algorithm(x, w) == "direct"
     for dtype, layout in [(torch.float32, "contiguous"), (torch.float32, "strided"),
@@ -302,7 +320,7 @@ def test_algorithm_choice(level):
         x, w, _ = make_inputs(1, 64, 64, 16, 16, dtype=dtype, layout=layout)
         w[3, 5, 1, 1] = float("inf")
         # Not Winograd: its transform would give inf - inf = NaN.
-        assert _algorithm(x, w) == eight_pooled_columns, (dtype, layout)
+        assert _algorithm(x, w) == _on_level(eight_pooled_columns, x, level), (dtype, layout)
     x, w, _ = make_inputs(16, 64, 64, 8, 8)
     assert _algorithm(x, w) == "winograd_4x4"
     w[3, 5, 1, 1] = float("inf")
@@ -330,13 +348,15 @@ def test_implicit_gemm_on_a_tall_image_stages_blocks_of_rows(level):
 @all_levels
 @pytest.mark.parametrize("special", [float("nan"), float("inf"), -float("inf")], ids=str)
 @pytest.mark.parametrize("where", ["input", "weight", "input and bias"])
-def test_implicit_gemm_nan_and_inf_as_stock(special, where, level):
-    x, w, b = make_inputs(2, 32, 24, 6, 6, bias=where == "input and bias")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_implicit_gemm_nan_and_inf_as_stock(special, where, dtype, level):
+    # 18 windows: bfloat16 takes the pairs kernel at avx512_bf16.
+    x, w, b = make_inputs(2, 32, 24, 6, 6, dtype=dtype, bias=where == "input and bias")
     target = w if where == "weight" else x
     target.view(-1)[torch.randperm(target.numel())[:3]] = special
     if b is not None:  # stock: conv value + bias per position, so -inf + inf = NaN there
         b[::2] = -special
-    assert _algorithm(x, w) == "implicit_gemm"
+    assert _algorithm(x, w) == _on_level("implicit_gemm", x, level)
     out = sk.conv3x3_relu_maxpool2d(x, w, b, backend="cpu")
     assert_matches_reference(out, x, w, b)
     assert not torch.isfinite(out).all()
@@ -423,7 +443,7 @@ def test_wide_layer_algorithms_match_stock(algorithm, shape, dtype, layout, pool
     # Unpooled (conv3x3_relu2d): the same windows cover the conv output, odd last rows and
     # columns included.
     x, w, b = make_inputs(*shape, dtype=dtype, layout=layout)
-    assert _algorithm(x, w) == algorithm
+    assert _algorithm(x, w) == _on_level(algorithm, x, level)
     op = sk.conv3x3_relu_maxpool2d if pool else sk.conv3x3_relu2d
     assert_matches_reference(op(x, w, b, backend="cpu"), x, w, b, pool=pool)
 
@@ -482,7 +502,9 @@ def test_wide_layer_with_non_finite_weights(special):
 @all_levels
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(
-    ("algorithm", "shape"), [("direct", (2, 5, 9, 37)), ("implicit_gemm", (1, 20, 6, 6))], ids=str
+    ("algorithm", "shape"),
+    [("direct", (2, 5, 9, 37)), ("implicit_gemm", (1, 20, 6, 6)), ("implicit_gemm", (2, 21, 8, 8))],
+    ids=str,
 )
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_half_storage_rounds_to_nearest_even(dtype, algorithm, shape, layout, level):
@@ -500,9 +522,8 @@ def test_half_storage_rounds_to_nearest_even(dtype, algorithm, shape, layout, le
     weight[range(c), range(c), 1, 1] = 1.0
     bias = torch.randn(c).to(dtype)
     bias[0], bias[1], bias[2], bias[3] = 30.0, math.inf, -math.inf, math.nan
-    if (dtype, algorithm, level) == (torch.bfloat16, "direct", "avx512_bf16"):
-        algorithm = "direct_bf16"  # the vdpbf16ps kernel: each product exact, as an FMA's
-    assert _algorithm(x, weight) == algorithm
+    # At avx512_bf16, bfloat16 by vdpbf16ps: each product exact, as an FMA's.
+    assert _algorithm(x, weight) == _on_level(algorithm, x, level)
     conv = (x.float() + bias.float()[:, None, None]).to(dtype).float()
     for pool in (False, True):
         expected = torch.relu(conv)

@@ -42,21 +42,23 @@ std::vector<std::string> cpu_capabilities() { return supported_capabilities(); }
 
 void set_capability(const std::string& level) { set_cpu_capability(level); }
 
-// The algorithm a call takes and the level of the kernel that computes it, as "winograd_4x4/avx2".
+// The algorithm a call takes and the level of the kernel that computes it, as
+// "winograd_4x4/avx2"; "direct_bf16" and "implicit_gemm_bf16" are the kernels over bfloat16
+// channel pairs (avx512_bf16).
 std::string cpu_algorithm(const at::Tensor& input, const at::Tensor& weight) {
   check_inputs(input, weight, std::nullopt);
   const CpuKernels& k = cpu_kernels();
   const bool f64 = input.scalar_type() == at::kDouble;
   const Algorithm algorithm = f64 ? choose_algorithm<double>(k, input, weight)
                                   : choose_algorithm<float>(k, input, weight);
-  switch (algorithm) {
-    case Algorithm::kWinograd2x2: return std::string("winograd_2x2/") + k.name;
-    case Algorithm::kWinograd4x4: return std::string("winograd_4x4/") + k.name;
-    case Algorithm::kImplicitGemm: return std::string("implicit_gemm/") + k.name;
-    case Algorithm::kDirect: break;
-  }
-  if (takes_bf16_pairs(k, input.scalar_type())) return std::string("direct_bf16/") + k.name;
-  return std::string("direct/") + (f64 ? "generic" : k.name);
+  if (algorithm == Algorithm::kWinograd2x2) return std::string("winograd_2x2/") + k.name;
+  if (algorithm == Algorithm::kWinograd4x4) return std::string("winograd_4x4/") + k.name;
+  const bool direct = algorithm == Algorithm::kDirect;
+  const bool pairs = direct ? takes_bf16_pairs(k, input.scalar_type())
+                            : gemm_takes_bf16_pairs(k, input);
+  const char* name = direct ? "direct" : "implicit_gemm";
+  const char* bf16 = pairs ? "_bf16/" : "/";
+  return std::string(name) + bf16 + (f64 ? "generic" : k.name);
 }
 
 // The work items of `algorithm`'s driver ("direct", "winograd_2x2", "winograd_4x4" or
@@ -131,8 +133,8 @@ TORCH_LIBRARY_FRAGMENT(simplecnn, m) {
   m.def("_cpu_winograd() -> str", &simplecnn::cpu::cpu_winograd);
   m.def("_set_cpu_winograd(str setting) -> ()", &simplecnn::cpu::set_cpu_winograd);
   // Which algorithm the CPU kernel picks for these arguments and the level of its kernel:
-  // "direct", "direct_bf16", "winograd_4x4", "winograd_2x2" or "implicit_gemm", then "/" and
-  // the level.
+  // "direct", "winograd_4x4", "winograd_2x2" or "implicit_gemm" ("direct_bf16",
+  // "implicit_gemm_bf16": over bfloat16 pairs), then "/" and the level.
   m.def("_cpu_algorithm(Tensor input, Tensor weight) -> str");
   // The work items of an algorithm's driver for these arguments (a test that they partition
   // the output).

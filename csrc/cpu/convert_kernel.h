@@ -33,4 +33,16 @@ void from_float(const float* src, int64_t n, uint16_t* dst) {
   }
 }
 
+// dst[2 i] = a[i], dst[2 i + 1] = b[i] as bfloat16 for i < n (a multiple of Vec<float>::size):
+// two float32 weight lines into bfloat16 pairs (kernel_table.h: interleave_bf16).
+inline void interleave_bf16(const float* a, const float* b, int64_t n, uint16_t* dst) {
+  using VF = Vec<float>;
+  for (int64_t i = 0; i < n; i += VF::size) {
+    typename VF::V low, high;
+    VF::interleave(VF::load(a + i), VF::load(b + i), low, high);
+    VF::store_16bit(dst + 2 * i, low, StorageType::kBFloat16);
+    VF::store_16bit(dst + 2 * i + VF::size, high, StorageType::kBFloat16);
+  }
+}
+
 }  // namespace convert

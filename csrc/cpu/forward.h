@@ -195,14 +195,17 @@ class FusedForward {
 
   // Pooled rows [py0, py0 + rows) of image n, output channel blocks [b0, b1), by the implicit
   // GEMM: `staged` holds the image's input from row 2*py0 - 1 and column -1 channels-last,
-  // `cols` columns of `col_stride` floats; `partial` has room for rows x Wo x 4 x 16 floats.
-  void implicit_gemm_rows(const float* staged, int64_t cols, int64_t col_stride, int64_t n,
+  // `cols` columns of `col_stride` in_t (float, or bfloat16 pairs: an even count); `partial` has
+  // room for rows x Wo x 4 x 16 floats.
+  template <typename in_t>
+  void implicit_gemm_rows(const in_t* staged, int64_t cols, int64_t col_stride, int64_t n,
                           int64_t py0, int64_t rows, int64_t b0, int64_t b1, float* partial);
 
   // The implicit GEMM's packed weights and padded bias, made by whichever thread first needs
   // them (the Winograd path needs them only to redo windows with non-finite values). Every
   // packed value is written: no zero-filling 4.7 MB first (256 -> 512 channels).
-  const float* gemm_weights();
+  template <typename in_t>
+  const in_t* gemm_weights();
 
   // U = G g G^T per (co, ci) (the level's transform_weights), stored as
   // [(m+2)^2][co_padded / 16][ci_padded][16] with zeros in the padding. Filled block by block
@@ -224,7 +227,8 @@ class FusedForward {
   const OutputTarget target_;
   Algorithm algorithm_ = Algorithm::kDirect;
   std::once_flag gemm_once_;
-  std::unique_ptr<float[]> gemm_weights_;  // implicit GEMM
+  std::unique_ptr<float[]> gemm_weights_;          // implicit GEMM
+  std::unique_ptr<uint16_t[]> gemm_weights_bf16_;  // bfloat16 pairs ([block][pair][k][16][2])
   std::vector<float> gemm_bias_;
   struct AlignedDelete {
     void operator()(float* p) const { ::operator delete[](p, std::align_val_t{64}); }

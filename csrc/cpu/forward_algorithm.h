@@ -65,6 +65,25 @@ inline WinogradSetting winograd_setting() {
   return static_cast<WinogradSetting>(winograd_setting_now.load(std::memory_order_relaxed));
 }
 
+// Whether the direct and implicit-GEMM paths of a `dtype` call on level k take the
+// bfloat16-pair kernels (kernel_table.h: CpuKernels::direct_bf16, window_gemm_bf16, the
+// avx512_bf16 level's) rather than float32 ones. Winograd stays float32: its 2.25-4x fewer
+// products beat vdpbf16ps's 2x rate.
+inline bool takes_bf16_pairs(const CpuKernels& k, at::ScalarType dtype) {
+  return dtype == at::kBFloat16 && k.direct_bf16.chunk_cols > 0;
+}
+
+// The implicit GEMM over bfloat16 pairs repays pairing its packed weights (one more pass over
+// them) from this many pooled windows per call on (counted as choose_algorithm does): measured on
+// Zen 4 at N=1, against the float32 GEMM of the same level, 256 -> 512 4x4 (4 windows) 0.88x, 256
+// -> 256 8x8 (16) 1.06x, N=2 (32) 1.25x. Below, bfloat16 takes the float32 GEMM.
+constexpr int64_t kGemmPairsMinWindows = 16;
+
+inline bool gemm_takes_bf16_pairs(const CpuKernels& k, const at::Tensor& input) {
+  const int64_t windows = input.size(0) * (input.size(2) / 2) * (input.size(3) / 2);
+  return takes_bf16_pairs(k, input.scalar_type()) && windows >= kGemmPairsMinWindows;
+}
+
 template <typename acc_t>
 Algorithm choose_algorithm(const CpuKernels& k, const at::Tensor& input, const at::Tensor& weight) {
   if constexpr (!std::is_same_v<acc_t, float>) {

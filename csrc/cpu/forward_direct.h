@@ -11,12 +11,6 @@
 
 namespace simplecnn::cpu {
 
-// Whether the direct path of a `dtype` call on level k takes the bfloat16-pair kernels
-// (kernel_table.h: CpuKernels::direct_bf16) rather than float32 ones.
-inline bool takes_bf16_pairs(const CpuKernels& k, at::ScalarType dtype) {
-  return dtype == at::kBFloat16 && k.direct_bf16.chunk_cols > 0;
-}
-
 // The bytes of one staged input row of the direct path (its work items' size: DirectItems).
 inline int64_t direct_row_bytes(const CpuKernels& k, const at::Tensor& input,
                                 const at::Tensor& weight, bool pool) {

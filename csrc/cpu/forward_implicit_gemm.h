@@ -62,25 +62,52 @@ template <typename scalar_t, typename acc_t>
 void FusedForward<scalar_t, acc_t>::run_implicit_gemm() {
   const ImplicitGemmItems items(N_, Ho_, Wo_, C_in_, C_out_, at::get_num_threads());
   const int64_t cols = items.cols;
-  gemm_weights();  // before the threads start
+  // bfloat16 on avx512_bf16: pairs of channels, so an even count staged (a zero one after an
+  // odd count), staged in float32 as the other dtypes, then rounded (exactly) back to bfloat16.
+  const bool pairs = gemm_takes_bf16_pairs(kernels_, input_);
+  const int64_t ci_staged = pairs ? ceil_div(C_in_, 2) * 2 : C_in_;
+  if (pairs) {  // before the threads start
+    gemm_weights<uint16_t>();
+  } else {
+    gemm_weights<float>();
+  }
   at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> staged((2 * items.rows + 2) * cols * C_in_);
+    std::vector<float> staged((2 * items.rows + 2) * cols * ci_staged);
+    std::vector<uint16_t> staged_pairs(pairs ? staged.size() : 0);
     std::vector<float> partial(items.rows * Wo_ * 4 * kGemmCoBlock);
     for (int64_t i = begin; i < end; ++i) {
       const auto [n, py0, rows, b0, b1] = items[i];
       stage_rows_channels_last<scalar_t>(kernels_, input_, n, 2 * py0 - 1, 2 * rows + 2, cols,
-                                         C_in_, staged.data());
-      implicit_gemm_rows(staged.data(), cols, C_in_, n, py0, rows, b0, b1, partial.data());
+                                         ci_staged, staged.data());
+      if (!pairs) {
+        implicit_gemm_rows(staged.data(), cols, ci_staged, n, py0, rows, b0, b1, partial.data());
+        continue;
+      }
+      const int64_t size = (2 * rows + 2) * cols * ci_staged;
+      kernels_.from_float[static_cast<int>(StorageType::kBFloat16)](staged.data(), size,
+                                                                    staged_pairs.data());
+      implicit_gemm_rows(staged_pairs.data(), cols, ci_staged, n, py0, rows, b0, b1,
+                         partial.data());
     }
   });
 }
 
 template <typename scalar_t, typename acc_t>
-void FusedForward<scalar_t, acc_t>::implicit_gemm_rows(const float* staged, int64_t cols,
+template <typename in_t>
+void FusedForward<scalar_t, acc_t>::implicit_gemm_rows(const in_t* staged, int64_t cols,
                                                        int64_t col_stride, int64_t n, int64_t py0,
                                                        int64_t rows, int64_t b0, int64_t b1,
                                                        float* partial) {
-  const float* weights = gemm_weights();
+  constexpr int64_t P = std::is_same_v<in_t, uint16_t> ? 2 : 1;  // channels per step
+  const in_t* weights = gemm_weights<in_t>();
+  const auto kernel = [&] {
+    if constexpr (P == 2) {
+      return kernels_.window_gemm_bf16;
+    } else {
+      return kernels_.window_gemm;
+    }
+  }();
+  const int64_t steps = ceil_div(C_in_, P);  // per block of packed weights
   // The last call's values: pooled, one window's (stored at once); unpooled, every window's,
   // [window][position][channel], stored row by row of each channel once the block is done.
   float window[kGemmCoBlock];
@@ -91,18 +118,18 @@ void FusedForward<scalar_t, acc_t>::implicit_gemm_rows(const float* staged, int6
       const int64_t cib = std::min(kGemmCiBlock, C_in_ - c0);
       for (int64_t t = 0; t < rows * Wo_; ++t) {
         const int64_t py = t / Wo_, px = t % Wo_;  // py within the block
-        const WindowGemmArgs args{staged + (2 * py * cols + 2 * px) * col_stride + c0,
-                                  cols * col_stride,
-                                  col_stride,
-                                  cib,
-                                  weights + (b * C_in_ + c0) * 9 * kGemmCoBlock,
-                                  gemm_bias_.data() + b * kGemmCoBlock,
-                                  out + (pool_ ? 0 : t * 4 * kGemmCoBlock),
-                                  partial + t * 4 * kGemmCoBlock,
-                                  c0 == 0,
-                                  c0 + cib == C_in_,
-                                  pool_};
-        kernels_.window_gemm(args);
+        const WindowGemmArgs<in_t> args{staged + (2 * py * cols + 2 * px) * col_stride + c0,
+                                        cols * col_stride,
+                                        col_stride,
+                                        ceil_div(cib, P),
+                                        weights + (b * steps + c0 / P) * 9 * kGemmCoBlock * P,
+                                        gemm_bias_.data() + b * kGemmCoBlock,
+                                        out + (pool_ ? 0 : t * 4 * kGemmCoBlock),
+                                        partial + t * 4 * kGemmCoBlock,
+                                        c0 == 0,
+                                        c0 + cib == C_in_,
+                                        pool_};
+        kernel(args);
         if (pool_ && args.last)
           target_.store(n, py0 + py, px, b * kGemmCoBlock,
                         std::min<int64_t>(kGemmCoBlock, C_out_ - b * kGemmCoBlock), out);
@@ -128,17 +155,42 @@ void FusedForward<scalar_t, acc_t>::implicit_gemm_rows(const float* staged, int6
 }
 
 template <typename scalar_t, typename acc_t>
-const float* FusedForward<scalar_t, acc_t>::gemm_weights() {
+template <typename in_t>
+const in_t* FusedForward<scalar_t, acc_t>::gemm_weights() {
   std::call_once(gemm_once_, [&] {
     const int64_t blocks = ceil_div(C_out_, kGemmCoBlock);
-    gemm_weights_.reset(new float[blocks * kGemmCoBlock * 9 * C_in_]);
     gemm_bias_ = padded_bias(blocks * kGemmCoBlock);
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b)
-        pack_gemm_block(weight_, b, gemm_weights_.get() + b * 9 * C_in_ * kGemmCoBlock);
-    });
+    if constexpr (std::is_same_v<in_t, float>) {
+      gemm_weights_.reset(new float[blocks * kGemmCoBlock * 9 * C_in_]);
+      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b)
+          pack_gemm_block(weight_, b, gemm_weights_.get() + b * 9 * C_in_ * kGemmCoBlock);
+      });
+    } else {  // each block packed in float32, then its lines of channels 2u and 2u + 1 paired
+      const int64_t pairs = ceil_div(C_in_, 2), block_size = pairs * 9 * kGemmCoBlock * 2;
+      gemm_weights_bf16_.reset(new uint16_t[blocks * block_size]);
+      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> lines((2 * pairs * 9 + 1) * kGemmCoBlock, 0.0f);  // and a zero line
+        const float* zeros = lines.data() + 2 * pairs * 9 * kGemmCoBlock;
+        for (int64_t b = begin; b < end; ++b) {
+          pack_gemm_block(weight_, b, lines.data());
+          uint16_t* dst = gemm_weights_bf16_.get() + b * block_size;
+          for (int64_t u = 0; u < pairs; ++u)
+            for (int64_t k = 0; k < 9; ++k) {
+              const float* first = lines.data() + (2 * u * 9 + k) * kGemmCoBlock;
+              const float* second = 2 * u + 1 < C_in_ ? first + 9 * kGemmCoBlock : zeros;
+              kernels_.interleave_bf16(first, second, kGemmCoBlock,
+                                       dst + (u * 9 + k) * kGemmCoBlock * 2);
+            }
+        }
+      });
+    }
   });
-  return gemm_weights_.get();
+  if constexpr (std::is_same_v<in_t, float>) {
+    return gemm_weights_.get();
+  } else {
+    return gemm_weights_bf16_.get();
+  }
 }
 
 }  // namespace simplecnn::cpu

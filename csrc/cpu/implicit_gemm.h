@@ -15,14 +15,19 @@ namespace simplecnn::cpu {
 
 constexpr int kGemmCoBlock = 16;  // output channels per call
 
+// in_t: the staged input's and packed weights' element, float (one channel per step), or
+// uint16_t for bfloat16 channel pairs (the avx512_bf16 level's vdpbf16ps kernel: channels 2u and
+// 2u + 1 side by side, in the input as channels-last has them, in the weights as
+// [pair][ky][kx][kGemmCoBlock][2]).
+template <typename in_t = float>
 struct WindowGemmArgs {
   // Channels-last staged input ([row][column][channel], channel stride 1) at the window's
   // top-left input pixel (row 2*py - 1, column 2*px - 1), zeros outside the image.
-  const float* in;
-  int64_t in_row_stride;  // floats between staged rows
-  int64_t in_col_stride;  // floats between staged columns (>= c_in)
-  int64_t c_in;           // input channels of this call (`in` and `weight` at the first)
-  const float* weight;    // this block's weights, [channel][ky][kx][kGemmCoBlock]
+  const in_t* in;
+  int64_t in_row_stride;  // elements between staged rows
+  int64_t in_col_stride;  // elements between staged columns (>= c_in, even for pairs)
+  int64_t c_in;           // steps (channels, or pairs) of this call (`in`, `weight` at the first)
+  const in_t* weight;     // this block's weights, [step][ky][kx][kGemmCoBlock][channel in step]
   const float* bias;      // kGemmCoBlock values (read by the first call)
   float* out;             // kGemmCoBlock pooled values (unpooled: [4][kGemmCoBlock])
   // A call may cover only a block of the input channels: `partial` keeps the window's conv sums
@@ -36,7 +41,8 @@ struct WindowGemmArgs {
 };
 
 // The kernels (kernel_table.h: CpuKernels::window_gemm, transpose):
-// - window_gemm(args): one window, 16 output channels (see above).
+// - window_gemm(args): one window, 16 output channels (see above); window_gemm_bf16 the same
+//   over bfloat16 pairs (the avx512_bf16 level's).
 // - transpose(src, src_stride, rows, cols, dst, dst_stride): dst[c * dst_stride + r] =
 //   src[r * src_stride + c] for r < rows, c < cols. Packs weight blocks ([16 channels][9 C_in]
 //   to [9 C_in][16]) and stages NCHW input rows channels-last ([C][W] to [W][C]).

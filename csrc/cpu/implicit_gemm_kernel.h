@@ -9,9 +9,14 @@ using V = VF::V;
 constexpr int kL = VF::size;
 constexpr int kNV = kGemmCoBlock / kL;  // vectors per block of output channels
 
-// Per tap and input channel: kNV weight loads and 4 input broadcasts feed 4 * kNV FMAs (AVX2:
-// 8 accumulators; AVX-512: 4).
-inline void window_gemm(const WindowGemmArgs& a) {
+// Per tap and input step: kNV weight loads and 4 input broadcasts feed 4 * kNV FMAs (AVX2:
+// 8 accumulators; AVX-512: 4). In: OneChannel<float> (direct_kernel.h, included before this
+// file) or, at avx512_bf16, Bf16Pairs (vec/avx512.h): there the weights are the vector operand
+// (16 channels x a pair) and the input pair the broadcast one.
+template <typename In = OneChannel<float>>
+void window_gemm(const WindowGemmArgs<typename In::Elem>& a) {
+  using Elem = typename In::Elem;
+  constexpr int P = In::channels;
   V acc[4][kNV];  // [window position in max-pool order][vector of channels]
 #pragma GCC unroll 4
   for (int p = 0; p < 4; ++p)
@@ -23,19 +28,19 @@ inline void window_gemm(const WindowGemmArgs& a) {
                           : VF::load(a.partial + p * kGemmCoBlock + h * kL);
   for (int k = 0; k < 9; ++k) {
     // The window's conv positions (y, x) in max-pool order read input (y + ky, x + kx).
-    const float* x0 = a.in + (k / 3) * a.in_row_stride + (k % 3) * a.in_col_stride;
-    const float* x[4] = {x0, x0 + a.in_col_stride, x0 + a.in_row_stride,
-                         x0 + a.in_row_stride + a.in_col_stride};
-    const float* w = a.weight + k * kGemmCoBlock;
+    const Elem* x0 = a.in + (k / 3) * a.in_row_stride + (k % 3) * a.in_col_stride;
+    const Elem* x[4] = {x0, x0 + a.in_col_stride, x0 + a.in_row_stride,
+                        x0 + a.in_row_stride + a.in_col_stride};
+    const Elem* w = a.weight + k * kGemmCoBlock * P;
     for (int64_t ci = 0; ci < a.c_in; ++ci) {
-      V wv[kNV];
+      typename In::X wv[kNV];
 #pragma GCC unroll 2
-      for (int h = 0; h < kNV; ++h) wv[h] = VF::load(w + ci * 9 * kGemmCoBlock + h * kL);
+      for (int h = 0; h < kNV; ++h) wv[h] = In::load(w + (ci * 9 * kGemmCoBlock + h * kL) * P);
 #pragma GCC unroll 4
       for (int p = 0; p < 4; ++p) {
-        const auto xb = VF::broadcast(x[p] + ci);
+        const auto xb = In::weight(x[p] + ci * P);
 #pragma GCC unroll 2
-        for (int h = 0; h < kNV; ++h) acc[p][h] = VF::fmadd(xb, wv[h], acc[p][h]);
+        for (int h = 0; h < kNV; ++h) acc[p][h] = In::madd(xb, wv[h], acc[p][h]);
       }
     }
   }

@@ -46,7 +46,11 @@ struct CpuKernels {
   // avx512_bf16 level only (chunk_cols 0 elsewhere; bfloat16 then runs `direct` on float32).
   DirectKernels<float, uint16_t> direct_bf16;
   // Wide layers.
-  void (*window_gemm)(const WindowGemmArgs&) = nullptr;
+  void (*window_gemm)(const WindowGemmArgs<float>&) = nullptr;
+  // bfloat16 channel pairs by vdpbf16ps: the avx512_bf16 level only (null elsewhere), with the
+  // packing of float32 weight lines into pairs: dst[2 i] = a[i], dst[2 i + 1] = b[i], i < n.
+  void (*window_gemm_bf16)(const WindowGemmArgs<uint16_t>&) = nullptr;
+  void (*interleave_bf16)(const float* a, const float* b, int64_t n, uint16_t* dst) = nullptr;
   void (*transpose)(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
                     int64_t dst_stride) = nullptr;
   bool (*winograd_tiles)(const WinogradTilesArgs&) = nullptr;

@@ -51,6 +51,8 @@ const CpuKernels& avx512_bf16_kernels() {
     k.name = "avx512_bf16";
     // The float32 kernel's blocking: 24 zmm accumulators, two zmm of input pairs per kx.
     k.direct_bf16 = avx512::direct_kernels<float, 2, 6, avx512::Bf16Pairs>();
+    k.window_gemm_bf16 = avx512::implicit_gemm::window_gemm<avx512::Bf16Pairs>;
+    k.interleave_bf16 = avx512::convert::interleave_bf16;
     return k;
   }();
   return kernels;

@@ -8,7 +8,7 @@ template <int MaxCO, int Rows>
 CpuKernels level_kernels(const char* name) {
   CpuKernels k{name};
   k.direct = direct_kernels<float, 2, MaxCO>();
-  k.window_gemm = implicit_gemm::window_gemm;
+  k.window_gemm = implicit_gemm::window_gemm<>;
   k.transpose = implicit_gemm::transpose;
   k.winograd_tiles = winograd::compute_tiles<Rows>;
   k.winograd_gemm_rows = Rows;
