@@ -327,11 +327,24 @@ def test_algorithm_choice(level):
     assert _algorithm(x, w) == "implicit_gemm"  # direct sums on a narrow image
 
 
+@all_levels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("pool", [True, False], ids=["pooled", "unpooled"])
+def test_direct_kernel_carries_sums_across_input_channel_blocks(dtype, pool, level):
+    # 67 input channels: 3 blocks of 32 channels per call, or at avx512_bf16 2 blocks of 32
+    # bfloat16 pairs, the last pair padded; partial sums kept between the calls.
+    x, w, b = make_inputs(2, 67, 8, 8, 33, dtype=dtype)
+    assert _algorithm(x, w) == _on_level("direct", x, level)
+    op = sk.conv3x3_relu_maxpool2d if pool else sk.conv3x3_relu2d
+    assert_matches_reference(op(x, w, b, backend="cpu"), x, w, b, pool=pool)
+
+
 IMPLICIT_GEMM_SHAPES = [
     (1, 256, 512, 4, 4),  # the deepest CifarVGG layer at batch 1
     (1, 16, 16, 5, 7),  # odd H and W, C_out one block
     (2, 17, 33, 9, 9),  # C_in not a multiple of 8 (nor of the 48-channel blocks), C_out of 16
     (3, 100, 20, 2, 2),  # one window per image; C_in in 3 blocks (48, 48, 4)
+    (2, 101, 20, 8, 8),  # 32 windows (bfloat16 pairs at avx512_bf16), C_in in 3 blocks, odd
 ]
 
 

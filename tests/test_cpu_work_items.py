@@ -11,6 +11,8 @@ import torch
 from conftest import cpu_levels
 
 ALGORITHMS = ["direct", "implicit_gemm", "winograd_2x2", "winograd_4x4"]
+# _cpu_algorithm's names for the bfloat16-pair kernels, whose items are their twins'.
+PAIR_TWINS = {"direct_bf16": "direct", "implicit_gemm_bf16": "implicit_gemm"}
 
 # (N, C_in, C_out, H, W): batches of one to many, channel counts around the 16-channel blocks,
 # odd sizes, tall and wide images (the direct and implicit-GEMM paths split those into blocks
@@ -61,3 +63,16 @@ def test_each_output_is_written_by_exactly_one_work_item(algorithm, level):
         # channel block's padding) at most once.
         assert bool((count[:, :windows_h, :c_out] == 1).all()), case
         assert int(count.max()) == 1, case
+
+
+@pytest.mark.parametrize("level", cpu_levels())
+@pytest.mark.parametrize("name", PAIR_TWINS)
+def test_pair_kernels_list_their_twins_items(name, level):
+    # Every name _cpu_algorithm gives is accepted; the pair kernels' drivers split the work as
+    # their float32 twins do.
+    x = torch.empty(2, 64, 8, 8, dtype=torch.bfloat16)
+    weight = torch.empty(64, 64, 3, 3, dtype=torch.bfloat16)
+    for pool, threads in itertools.product([True, False], THREADS):
+        items = torch.ops.simplecnn._cpu_work_items(x, weight, pool, name, threads)
+        twin = torch.ops.simplecnn._cpu_work_items(x, weight, pool, PAIR_TWINS[name], threads)
+        assert torch.equal(items, twin)

@@ -61,11 +61,10 @@ std::string cpu_algorithm(const at::Tensor& input, const at::Tensor& weight) {
   return std::string(name) + bf16 + (f64 ? "generic" : k.name);
 }
 
-// The work items of `algorithm`'s driver ("direct", "winograd_2x2", "winograd_4x4" or
-// "implicit_gemm") for these arguments on `threads` threads, whichever algorithm the call would
-// take: one row (n0, n1, py0, py1, co0, co1) per item, the images, window rows and output
-// channels it writes (work_items.h). Rows and channels may reach past the output where the
-// last tile or channel block does.
+// The work items of `algorithm`'s driver (any name _cpu_algorithm gives) for these arguments on
+// `threads` threads, whichever algorithm the call would take: one row (n0, n1, py0, py1, co0, co1)
+// per item, the images, window rows and output channels it writes (work_items.h). Rows and channels
+// may reach past the output where the last tile or channel block does.
 at::Tensor cpu_work_items(const at::Tensor& input, const at::Tensor& weight, bool pool,
                           const std::string& algorithm, int64_t threads) {
   check_inputs(input, weight, std::nullopt, pool);
@@ -76,13 +75,15 @@ at::Tensor cpu_work_items(const at::Tensor& input, const at::Tensor& weight, boo
   std::vector<int64_t> rows;
   const auto add = [&](std::initializer_list<int64_t> row) { rows.insert(rows.end(), row); };
   const CpuKernels& k = cpu_kernels();
-  if (algorithm == "direct") {
+  // The bfloat16-pair kernels' items are their float32 twins' (direct: sized by the dtype's
+  // staged rows, whichever kernel).
+  if (algorithm == "direct" || algorithm == "direct_bf16") {
     const DirectItems items(n, ho, direct_row_bytes(k, input, weight, pool), threads);
     for (int64_t i = 0; i < items.count; ++i) {
       const auto [image, py0, py1] = items[i];
       add({image, image + 1, py0, py1, 0, c_out});
     }
-  } else if (algorithm == "implicit_gemm") {
+  } else if (algorithm == "implicit_gemm" || algorithm == "implicit_gemm_bf16") {
     const ImplicitGemmItems items(n, ho, wo, input.size(1), c_out, threads);
     for (int64_t i = 0; i < items.count; ++i) {
       const auto [image, py0, item_rows, b0, b1] = items[i];

@@ -28,15 +28,16 @@ inline void store_window_indices(typename Vec<T>::V (&v)[4], StorageType storage
 // What the kernel multiplies: one input channel per step, T values and weights, one FMA per
 // product (every level). The avx512_bf16 level also stamps the kernel out over Bf16Pairs
 // (vec/avx512.h): two bfloat16 channels per step, one vdpbf16ps per two products. An input has
-// Elem (the staged values' and packed weights' type), `channels` (Elems per column), load (a
-// vector of columns), weight (one weight, or pair, as madd's operand) and madd.
+// Elem (the staged values' and packed weights' type), `channels` (Elems per column, per step),
+// load (a vector), broadcast (one value, or pair, as madd's broadcast operand) and madd. Also
+// the implicit GEMM's (implicit_gemm_kernel.h, included after this file).
 template <typename T>
 struct OneChannel {
   using Elem = T;
   static constexpr int channels = 1;
   using X = typename Vec<T>::V;
   static X load(const T* p) { return Vec<T>::load(p); }
-  static typename Vec<T>::Broadcast weight(const T* p) { return Vec<T>::broadcast(p); }
+  static typename Vec<T>::Broadcast broadcast(const T* p) { return Vec<T>::broadcast(p); }
   static X madd(typename Vec<T>::Broadcast w, X x, X acc) { return Vec<T>::fmadd(w, x, acc); }
 };
 
@@ -106,7 +107,7 @@ void direct_chunk(const ChunkArgs<T, typename In::Elem>& a) {
         if (r < 3) {
 #pragma GCC unroll 8
           for (int co = 0; co < CO; ++co) {
-            const auto wv = In::weight(w + ((r * 3 + kx) * CO + co) * P);
+            const auto wv = In::broadcast(w + ((r * 3 + kx) * CO + co) * P);
 #pragma GCC unroll 2
             for (int h = 0; h < NV; ++h) acc[0][co][h] = In::madd(wv, x[h], acc[0][co][h]);
           }
@@ -114,7 +115,7 @@ void direct_chunk(const ChunkArgs<T, typename In::Elem>& a) {
         if (r > 0) {
 #pragma GCC unroll 8
           for (int co = 0; co < CO; ++co) {
-            const auto wv = In::weight(w + (((r - 1) * 3 + kx) * CO + co) * P);
+            const auto wv = In::broadcast(w + (((r - 1) * 3 + kx) * CO + co) * P);
 #pragma GCC unroll 2
             for (int h = 0; h < NV; ++h) acc[1][co][h] = In::madd(wv, x[h], acc[1][co][h]);
           }

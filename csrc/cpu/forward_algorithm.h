@@ -32,7 +32,7 @@ enum class Algorithm { kDirect, kWinograd2x2, kWinograd4x4, kImplicitGemm };
 
 constexpr int64_t kWideMinChannels = 16;
 // Input channels per implicit-GEMM call: the block's weights for them, 9 x 48 x 16 floats
-// (27 KB), stay in L1 while every window of the image reads them.
+// (27 KB), stay in L1 while every window of the image reads them (bfloat16 pairs: half that).
 constexpr int64_t kGemmCiBlock = 48;
 constexpr int64_t kWinogradMinWindows = 64;
 constexpr int64_t kWinograd4x4MinTiles = 64;
@@ -73,6 +73,9 @@ inline bool takes_bf16_pairs(const CpuKernels& k, at::ScalarType dtype) {
   return dtype == at::kBFloat16 && k.direct_bf16.chunk_cols > 0;
 }
 
+// kGemmCiBlock channels per call: whole pairs.
+static_assert(kGemmCiBlock % 2 == 0);
+
 // The implicit GEMM over bfloat16 pairs repays pairing its packed weights (one more pass over
 // them) from this many pooled windows per call on (counted as choose_algorithm does): measured on
 // Zen 4 at N=1, against the float32 GEMM of the same level, 256 -> 512 4x4 (4 windows) 0.88x, 256
@@ -81,7 +84,8 @@ constexpr int64_t kGemmPairsMinWindows = 16;
 
 inline bool gemm_takes_bf16_pairs(const CpuKernels& k, const at::Tensor& input) {
   const int64_t windows = input.size(0) * (input.size(2) / 2) * (input.size(3) / 2);
-  return takes_bf16_pairs(k, input.scalar_type()) && windows >= kGemmPairsMinWindows;
+  return input.scalar_type() == at::kBFloat16 && k.window_gemm_bf16 != nullptr &&
+         windows >= kGemmPairsMinWindows;
 }
 
 template <typename acc_t>

@@ -34,8 +34,10 @@ template <typename in_t>
 void FusedForward<scalar_t, acc_t>::run_direct(const DirectKernels<acc_t, in_t>& direct) {
   const DirectGeometry g(input_, weight_, direct, pool_);
   const std::vector<in_t> packed = pack_direct_weights<scalar_t, in_t>(weight_, g);
-  const DirectItems items(N_, Ho_, direct_row_bytes(kernels_, input_, weight_, pool_),
-                          at::get_num_threads());
+  // The items _cpu_work_items lists: sized by the same staged rows.
+  const int64_t row_bytes = direct_row_bytes(kernels_, input_, weight_, pool_);
+  TORCH_INTERNAL_ASSERT(row_bytes == g.row_stride * int64_t(sizeof(in_t)));
+  const DirectItems items(N_, Ho_, row_bytes, at::get_num_threads());
   at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
     std::vector<in_t> scratch((2 * items.block_rows + 2) * g.row_stride);
     std::vector<acc_t> partial(2 * C_out_ * g.chunk_cols);  // across input-channel blocks

@@ -186,11 +186,16 @@ const in_t* FusedForward<scalar_t, acc_t>::gemm_weights() {
       });
     }
   });
-  if constexpr (std::is_same_v<in_t, float>) {
-    return gemm_weights_.get();
-  } else {
-    return gemm_weights_bf16_.get();
-  }
+  // One call packs one element type (the Winograd path's fallback: float).
+  const in_t* packed = [&] {
+    if constexpr (std::is_same_v<in_t, float>) {
+      return gemm_weights_.get();
+    } else {
+      return gemm_weights_bf16_.get();
+    }
+  }();
+  TORCH_INTERNAL_ASSERT(packed != nullptr, "implicit GEMM weights packed as another type");
+  return packed;
 }
 
 }  // namespace simplecnn::cpu

@@ -25,7 +25,7 @@ struct WindowGemmArgs {
   // top-left input pixel (row 2*py - 1, column 2*px - 1), zeros outside the image.
   const in_t* in;
   int64_t in_row_stride;  // elements between staged rows
-  int64_t in_col_stride;  // elements between staged columns (>= c_in, even for pairs)
+  int64_t in_col_stride;  // elements between staged columns (>= the channels, even for pairs)
   int64_t c_in;           // steps (channels, or pairs) of this call (`in`, `weight` at the first)
   const in_t* weight;     // this block's weights, [step][ky][kx][kGemmCoBlock][channel in step]
   const float* bias;      // kGemmCoBlock values (read by the first call)

@@ -38,7 +38,7 @@ void window_gemm(const WindowGemmArgs<typename In::Elem>& a) {
       for (int h = 0; h < kNV; ++h) wv[h] = In::load(w + (ci * 9 * kGemmCoBlock + h * kL) * P);
 #pragma GCC unroll 4
       for (int p = 0; p < 4; ++p) {
-        const auto xb = In::weight(x[p] + ci * P);
+        const auto xb = In::broadcast(x[p] + ci * P);
 #pragma GCC unroll 2
         for (int h = 0; h < kNV; ++h) acc[p][h] = In::madd(xb, wv[h], acc[p][h]);
       }

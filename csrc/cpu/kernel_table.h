@@ -2,7 +2,7 @@
 // resolver that picks the level calls take (as XNNPACK's hardware config and PyTorch's
 // DispatchStub do). The drivers read kernels, vector widths and blockings from the table.
 //
-// Levels, best first: "avx512_bf16" (and AVX512_BF16: "avx512" with a bfloat16 direct kernel),
+// Levels, best first: "avx512_bf16" (and AVX512_BF16: "avx512" with bfloat16-pair kernels),
 // "avx512" (AVX-512 F/BW/DQ/VL with the OS saving zmm state), "avx2"
 // (AVX2 + FMA + F16C), "generic" (portable C++). The kernels are templates over the vector
 // layer (vec/README.md) stamped out per level in kernels_<level>.cpp.

@@ -1,7 +1,7 @@
 // The "avx512" level (AVX-512 F/BW/DQ/VL): the vector-layer kernels stamped out for AVX-512, as
-// kernels_avx2.cpp does for AVX2. The "avx512_bf16" level is the same table plus the direct kernel
-// over bfloat16 channel pairs (vec/avx512.h: Bf16Pairs, whose one AVX512_BF16 instruction is
-// written in asm).
+// kernels_avx2.cpp does for AVX2. The "avx512_bf16" level is the same table plus the direct
+// kernel and the implicit GEMM over bfloat16 channel pairs (vec/avx512.h: Bf16Pairs, whose one
+// AVX512_BF16 instruction is written in asm).
 #include "kernel_table.h"
 
 #if defined(__x86_64__)

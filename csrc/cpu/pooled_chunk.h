@@ -2,13 +2,13 @@
 // the unpooled op, conv3x3_relu2d, the two conv rows under it).
 //
 // The drivers (via direct_row in staging.h) copy the input rows a task needs into a
-// zero-padded scratch buffer in the accumulation type, so the micro-kernels see no borders,
-// strides or storage dtypes. A call accumulates the two conv rows under one pooled row, for
-// a level's chunk_cols conv columns and a block of output channels (kernel_table.h:
-// DirectKernels), in registers; max-pools
-// them 2x2, applies ReLU and stores only the pooled values. The full-size conv output never
-// reaches memory; with many input channels, a 2 x co_block x chunk_cols tile of partial sums does.
-// Unpooled (DirectKernels::unpooled), the last call stores both conv rows after ReLU instead.
+// zero-padded scratch buffer in the accumulation type (or, for the bfloat16-pair kernels, as
+// bfloat16 channel pairs), so the micro-kernels see no borders, strides or storage dtypes. A call
+// accumulates the two conv rows under one pooled row, for a level's chunk_cols conv columns and a
+// block of output channels (kernel_table.h: DirectKernels), in registers; max-pools them 2x2,
+// applies ReLU and stores only the pooled values. The full-size conv output never reaches memory;
+// with many input channels, a 2 x co_block x chunk_cols tile of partial sums does. Unpooled
+// (DirectKernels::unpooled), the last call stores both conv rows after ReLU instead.
 //
 // Free of ATen headers, as are the other interfaces kernel_table.h includes (implicit_gemm.h,
 // winograd.h, backward_grad.h): the kernels_*.cpp files read only these, the vector layer and
@@ -36,7 +36,7 @@ struct ChunkArgs {
   int64_t in_row_stride;  // elements between input rows in the scratch
   int64_t in_ch_stride;   // elements between input channels (pairs: channel pairs) there
   int64_t c_in;           // channels (pairs: channel pairs, the last one zero-padded)
-  const in_t* weight;     // packed for this channel block: [c_in][ky][kx][co_block]
+  const in_t* weight;     // packed for this channel block: [c_in][ky][kx][co_block][per step]
   const acc_t* bias;      // co_block values (zeros when the op has no bias)
   acc_t* out;             // pooled value (py, x / 2) of the block's first channel (unpooled:
                           // conv value (2 py, x))

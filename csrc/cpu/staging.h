@@ -217,6 +217,7 @@ std::vector<in_t> pack_direct_weights(const at::Tensor& weight, const DirectGeom
             const scalar_t value = w[(co0 + j) * s0 + ci * s1 + (k / 3) * s2 + (k % 3) * s3];
             in_t& to = dst[(((ci / P) * 9 + k) * cob + j) * P + ci % P];
             if constexpr (std::is_same_v<in_t, uint16_t>) {
+              static_assert(std::is_same_v<scalar_t, at::BFloat16>);
               to = value.x;  // bfloat16 bits
             } else {
               to = static_cast<in_t>(value);

@@ -151,22 +151,24 @@ struct Vec<float> {
   }
 };
 
-// bfloat16 input channels in pairs for the direct kernel (direct_kernel.h: its In), the
+// bfloat16 input channels in pairs for the direct kernel and the implicit GEMM (their In), the
 // avx512_bf16 level's: a vector of 16 float lanes is fed by 16 pairs of bfloat16 values, two
-// channels of one column side by side, and vdpbf16ps adds both products to each lane. The
-// products of two bfloat16 values are exact in float32 and the sums rounded to nearest even
-// (as the float32 FMAs'); vdpbf16ps also flushes denormal inputs and results to zero, values
-// under 1.2e-38. In asm, so that this header needs no AVX512_BF16 target.
+// channels side by side, and vdpbf16ps adds both products to each lane. The products of two
+// bfloat16 values are exact in float32 and the sums rounded to nearest even (as the float32
+// FMAs'); vdpbf16ps also treats denormal operands (inputs, weights, the running sum) as zero
+// and flushes denormal results to zero: values under 1.2e-38. In asm, so that this header needs no
+// AVX512_BF16 target.
 struct Bf16Pairs {
   using Elem = uint16_t;  // bfloat16 bits
   static constexpr int channels = 2;
   using X = __m512i;
   static X load(const uint16_t* p) { return _mm512_loadu_si512(p); }
-  // A pair of weights, folded into vdpbf16ps as a {1to16} broadcast, as Vec<float>::fmadd's.
+  // One pair (a pair of weights in the direct kernel, of input values in the implicit GEMM),
+  // folded into vdpbf16ps as a {1to16} broadcast, as Vec<float>::fmadd's.
   struct Pair {
     uint16_t bits[2];
   };
-  static const Pair* weight(const uint16_t* p) { return reinterpret_cast<const Pair*>(p); }
+  static const Pair* broadcast(const uint16_t* p) { return reinterpret_cast<const Pair*>(p); }
   static __m512 madd(const Pair* w, X x, __m512 acc) {
     asm("vdpbf16ps %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(x), "m"(*w));
     return acc;
