@@ -227,8 +227,8 @@ def available_backends() -> list[str]:
 def cpu_capability() -> str:
     """The instruction-set level the CPU kernels run at now: ``"avx512_bf16"`` (AVX-512 with
     AVX512_BF16: bfloat16 direct and implicit-GEMM sums by ``vdpbf16ps``), ``"avx512"``,
-    ``"avx2"`` or ``"generic"``. The best this CPU (and its OS) supports, unless the environment variable
-    ``SIMPLECNN_CPU_CAPABILITY`` (read at the first CPU call) names a lower one."""
+    ``"avx2"`` or ``"generic"``. The best this CPU (and its OS) supports, unless the environment
+    variable ``SIMPLECNN_CPU_CAPABILITY`` (read at the first CPU call) names a lower one."""
     return torch.ops.simplecnn._cpu_capability()
 
 
