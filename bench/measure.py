@@ -191,9 +191,10 @@ def _time_cuda_warm(
 
 
 def cpu_fma_peak_gflops(threads: int) -> dict[str, float]:
-    """The CPU's float32 FMA peak on `threads` threads per instruction-set level ("avx2", and
-    "avx512" where the CPU has AVX-512F), from bench/fma_peak.cpp (empty where it cannot be
-    built: no g++, or not x86-64)."""
+    """The CPU's FMA peak on `threads` threads per instruction-set level ("avx2", and
+    "avx512" where the CPU has AVX-512F: float32 FMAs; "avx512_bf16" where it has AVX512_BF16:
+    vdpbf16ps, two bfloat16 products per float32 lane), from bench/fma_peak.cpp (empty where it
+    cannot be built: no g++, or not x86-64)."""
     if shutil.which("g++") is None or platform.machine() != "x86_64":
         return {}
     source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fma_peak.cpp")

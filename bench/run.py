@@ -354,7 +354,8 @@ def rows_for(info, case, dtype, batch, modes, errors, flops, moved) -> list[dict
 def peak_level(provider: str, level: str | None, dtype: torch.dtype) -> str | None:
     """Which peak of bench/fma_peak.cpp bounds `provider` at CPU `level`: float32 the level's
     float32 FMA peak (avx512_bf16's float32 kernels are avx512's), bfloat16 at avx512_bf16 the
-    vdpbf16ps peak (twice as many products per instruction); None where there is none (the
+    vdpbf16ps peak (twice as many products per instruction; also where the call takes a float32
+    path, Winograd or a small implicit GEMM: the level's best); None where there is none (the
     generic level, and float16 and bfloat16 elsewhere: stock's bfloat16 dot products in oneDNN
     go past the float32 peak)."""
     if provider == "fused@avx2":
