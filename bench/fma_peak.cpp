@@ -11,95 +11,41 @@
 #include <chrono>
 #include <cstdio>
 
-__attribute__((target("avx2,fma"))) static float fma_chains_avx2(long iterations) {
-  __m256 a0 = _mm256_set1_ps(0.10f), a1 = _mm256_set1_ps(0.11f), a2 = _mm256_set1_ps(0.12f),
-         a3 = _mm256_set1_ps(0.13f), a4 = _mm256_set1_ps(0.14f), a5 = _mm256_set1_ps(0.15f),
-         a6 = _mm256_set1_ps(0.16f), a7 = _mm256_set1_ps(0.17f), a8 = _mm256_set1_ps(0.18f),
-         a9 = _mm256_set1_ps(0.19f), a10 = _mm256_set1_ps(0.20f), a11 = _mm256_set1_ps(0.21f);
-  // Opaque to the optimiser, so it cannot fold the chains into fewer.
-  asm("" : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5));
-  asm("" : "+x"(a6), "+x"(a7), "+x"(a8), "+x"(a9), "+x"(a10), "+x"(a11));
-  const __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
-  for (long i = 0; i < iterations; ++i) {
-    a0 = _mm256_fmadd_ps(a0, x, y);
-    a1 = _mm256_fmadd_ps(a1, x, y);
-    a2 = _mm256_fmadd_ps(a2, x, y);
-    a3 = _mm256_fmadd_ps(a3, x, y);
-    a4 = _mm256_fmadd_ps(a4, x, y);
-    a5 = _mm256_fmadd_ps(a5, x, y);
-    a6 = _mm256_fmadd_ps(a6, x, y);
-    a7 = _mm256_fmadd_ps(a7, x, y);
-    a8 = _mm256_fmadd_ps(a8, x, y);
-    a9 = _mm256_fmadd_ps(a9, x, y);
-    a10 = _mm256_fmadd_ps(a10, x, y);
-    a11 = _mm256_fmadd_ps(a11, x, y);
-  }
-  const __m256 s = _mm256_add_ps(
-      _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
-      _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)),
-                    _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11))));
-  return _mm256_cvtss_f32(s);
-}
+constexpr int kChains = 12;
 
-__attribute__((target("avx512f"))) static float fma_chains_avx512(long iterations) {
-  __m512 a0 = _mm512_set1_ps(0.10f), a1 = _mm512_set1_ps(0.11f), a2 = _mm512_set1_ps(0.12f),
-         a3 = _mm512_set1_ps(0.13f), a4 = _mm512_set1_ps(0.14f), a5 = _mm512_set1_ps(0.15f),
-         a6 = _mm512_set1_ps(0.16f), a7 = _mm512_set1_ps(0.17f), a8 = _mm512_set1_ps(0.18f),
-         a9 = _mm512_set1_ps(0.19f), a10 = _mm512_set1_ps(0.20f), a11 = _mm512_set1_ps(0.21f);
-  // "v": any of the 32 zmm registers (opaque to the optimiser, as above).
-  asm("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5));
-  asm("" : "+v"(a6), "+v"(a7), "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11));
-  const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
-  for (long i = 0; i < iterations; ++i) {
-    a0 = _mm512_fmadd_ps(a0, x, y);
-    a1 = _mm512_fmadd_ps(a1, x, y);
-    a2 = _mm512_fmadd_ps(a2, x, y);
-    a3 = _mm512_fmadd_ps(a3, x, y);
-    a4 = _mm512_fmadd_ps(a4, x, y);
-    a5 = _mm512_fmadd_ps(a5, x, y);
-    a6 = _mm512_fmadd_ps(a6, x, y);
-    a7 = _mm512_fmadd_ps(a7, x, y);
-    a8 = _mm512_fmadd_ps(a8, x, y);
-    a9 = _mm512_fmadd_ps(a9, x, y);
-    a10 = _mm512_fmadd_ps(a10, x, y);
-    a11 = _mm512_fmadd_ps(a11, x, y);
+// One function per level, each compiled for its instruction set: kChains independent chains
+// acc = STEP(acc) of V vectors (starting from different values, opaque to the optimiser so it
+// cannot fold them into fewer), then the first lane of their sum. ASM_V: the register class
+// of V in asm ("x": xmm/ymm 0-15, "v": any of the 32 zmm).
+#define FMA_CHAINS(NAME, TARGET, V, SET1, ADD, FIRST_LANE, ASM_V, STEP)                     \
+  __attribute__((target(TARGET))) static float NAME(long iterations) {                      \
+    V acc[kChains];                                                                         \
+    for (int i = 0; i < kChains; ++i) {                                                     \
+      acc[i] = SET1(0.10f + 0.01f * i);                                                     \
+      asm("" : "+" ASM_V(acc[i]));                                                          \
+    }                                                                                       \
+    for (long it = 0; it < iterations; ++it) {                                              \
+      _Pragma("GCC unroll 12") for (int i = 0; i < kChains; ++i) { acc[i] = STEP(acc[i]); } \
+    }                                                                                       \
+    V sum = acc[0];                                                                         \
+    for (int i = 1; i < kChains; ++i) sum = ADD(sum, acc[i]);                               \
+    return FIRST_LANE(sum);                                                                 \
   }
-  const __m512 s = _mm512_add_ps(
-      _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-      _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)),
-                    _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11))));
-  return _mm512_cvtss_f32(s);
-}
 
-__attribute__((target("avx512f,avx512bf16"))) static float dot_chains_avx512_bf16(long iterations) {
-  __m512 a0 = _mm512_set1_ps(0.10f), a1 = _mm512_set1_ps(0.11f), a2 = _mm512_set1_ps(0.12f),
-         a3 = _mm512_set1_ps(0.13f), a4 = _mm512_set1_ps(0.14f), a5 = _mm512_set1_ps(0.15f),
-         a6 = _mm512_set1_ps(0.16f), a7 = _mm512_set1_ps(0.17f), a8 = _mm512_set1_ps(0.18f),
-         a9 = _mm512_set1_ps(0.19f), a10 = _mm512_set1_ps(0.20f), a11 = _mm512_set1_ps(0.21f);
-  asm("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5));
-  asm("" : "+v"(a6), "+v"(a7), "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11));
-  // Pairs of bfloat16 (1.0, 1e-3 as bfloat16 bits): each chain adds a small constant.
-  const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3a833f80), y = x;
-  for (long i = 0; i < iterations; ++i) {
-    a0 = _mm512_dpbf16_ps(a0, x, y);
-    a1 = _mm512_dpbf16_ps(a1, x, y);
-    a2 = _mm512_dpbf16_ps(a2, x, y);
-    a3 = _mm512_dpbf16_ps(a3, x, y);
-    a4 = _mm512_dpbf16_ps(a4, x, y);
-    a5 = _mm512_dpbf16_ps(a5, x, y);
-    a6 = _mm512_dpbf16_ps(a6, x, y);
-    a7 = _mm512_dpbf16_ps(a7, x, y);
-    a8 = _mm512_dpbf16_ps(a8, x, y);
-    a9 = _mm512_dpbf16_ps(a9, x, y);
-    a10 = _mm512_dpbf16_ps(a10, x, y);
-    a11 = _mm512_dpbf16_ps(a11, x, y);
-  }
-  const __m512 s = _mm512_add_ps(
-      _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-      _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)),
-                    _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11))));
-  return _mm512_cvtss_f32(s);
-}
+// float32 FMAs: acc * 0.999999 + 1e-7 (bounded, no denormals).
+#define FMA_STEP_256(a) _mm256_fmadd_ps(a, _mm256_set1_ps(0.999999f), _mm256_set1_ps(1e-7f))
+#define FMA_STEP_512(a) _mm512_fmadd_ps(a, _mm512_set1_ps(0.999999f), _mm512_set1_ps(1e-7f))
+// vdpbf16ps: acc + 1.0 * 1.0 + 1e-3 * 1e-3 per lane (pairs of bfloat16 bits 0x3f80, 0x3a83).
+#define DOT_STEP_BF16(a)                                       \
+  _mm512_dpbf16_ps(a, (__m512bh)_mm512_set1_epi32(0x3a833f80), \
+                   (__m512bh)_mm512_set1_epi32(0x3a833f80))
+
+FMA_CHAINS(fma_chains_avx2, "avx2,fma", __m256, _mm256_set1_ps, _mm256_add_ps, _mm256_cvtss_f32,
+           "x", FMA_STEP_256)
+FMA_CHAINS(fma_chains_avx512, "avx512f", __m512, _mm512_set1_ps, _mm512_add_ps, _mm512_cvtss_f32,
+           "v", FMA_STEP_512)
+FMA_CHAINS(dot_chains_avx512_bf16, "avx512f,avx512bf16", __m512, _mm512_set1_ps, _mm512_add_ps,
+           _mm512_cvtss_f32, "v", DOT_STEP_BF16)
 
 // Prints the GFLOP/s of `chains` (one call per thread, each `iterations` long, `lanes` products
 // per instruction) on every thread at once: the best of 5 runs, as a peak is, on a machine shared
@@ -119,7 +65,7 @@ static void measure(const char* level, float (*chains)(long), int lanes) {
     }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const double flops = 2.0 * lanes * 12 * double(iterations) * threads;
+    const double flops = 2.0 * lanes * kChains * double(iterations) * threads;
     if (flops / seconds > best) best = flops / seconds;
   }
   std::printf("%s %.1f GFLOP/s on %d threads (checksum %g)\n", level, best / 1e9, threads, sink);
