@@ -313,6 +313,14 @@ def test_algorithm_choice(level):
     assert _algorithm(x, w) == ("implicit_gemm_bf16" if bf16_pairs else "implicit_gemm")
     x, w, _ = make_inputs(1, 64, 64, 6, 8, dtype=torch.bfloat16)  # 12 windows
     assert _algorithm(x, w) == "implicit_gemm"
+    # Below 64 channels the pairs beat the float32 Winograd where the direct kernel fills its
+    # chunks: not on 16 columns (half of AVX-512's 32), nor at 64 channels.
+    x, w, _ = make_inputs(8, 32, 48, 32, 32, dtype=torch.bfloat16)
+    assert _algorithm(x, w) == ("direct_bf16" if bf16_pairs else "winograd_4x4")
+    x, w, _ = make_inputs(4, 32, 32, 16, 16, dtype=torch.bfloat16)
+    assert _algorithm(x, w) == "winograd_4x4"
+    x, w, _ = make_inputs(8, 64, 64, 32, 32, dtype=torch.bfloat16)
+    assert _algorithm(x, w) == "winograd_4x4"
     x, w, _ = make_inputs(2, 3, 18, 32, 32, dtype=torch.float16)
     assert _algorithm(x, w) == "direct"
     for dtype, layout in [(torch.float32, "contiguous"), (torch.float32, "strided"),
@@ -325,6 +333,18 @@ def test_algorithm_choice(level):
     assert _algorithm(x, w) == "winograd_4x4"
     w[3, 5, 1, 1] = float("inf")
     assert _algorithm(x, w) == "implicit_gemm"  # direct sums on a narrow image
+
+
+@all_levels
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("pool", [True, False], ids=["pooled", "unpooled"])
+def test_bfloat16_layers_under_64_channels_as_stock(layout, pool, level):
+    # Winograd on other levels; the direct kernel over pairs at avx512_bf16 (odd channels, 62
+    # of its 64 columns filled).
+    x, w, b = make_inputs(2, 33, 17, 30, 62, dtype=torch.bfloat16, layout=layout)
+    assert _algorithm(x, w) == ("direct_bf16" if level == "avx512_bf16" else "winograd_4x4")
+    op = sk.conv3x3_relu_maxpool2d if pool else sk.conv3x3_relu2d
+    assert_matches_reference(op(x, w, b, backend="cpu"), x, w, b, pool=pool)
 
 
 @all_levels

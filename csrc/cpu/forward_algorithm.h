@@ -7,6 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <string>
@@ -27,7 +28,8 @@ namespace simplecnn::cpu {
 //    8x8: 0.53 against 1.17; 64 -> 64, 14x14: 0.11 against 0.14; with whole chunks the direct
 //    kernel wins (16 -> 32, 64x64: 0.21 against 0.28; 64 -> 128, 16x16, batch 16: 2.8 against
 //    3.2).
-//  - Everything else, and float64 (on every level), the direct kernel.
+//  - Everything else, and float64 (on every level), the direct kernel; also bfloat16 layers of
+//    fewer than 64 channels that fill its chunks, at avx512_bf16 (below).
 enum class Algorithm { kDirect, kWinograd2x2, kWinograd4x4, kImplicitGemm };
 
 constexpr int64_t kWideMinChannels = 16;
@@ -35,6 +37,7 @@ constexpr int64_t kWideMinChannels = 16;
 // (27 KB), stay in L1 while every window of the image reads them (bfloat16 pairs: half that).
 constexpr int64_t kGemmCiBlock = 48;
 constexpr int64_t kWinogradMinWindows = 64;
+constexpr int64_t kBf16PairsWinogradMinChannels = 64;
 constexpr int64_t kWinograd4x4MinTiles = 64;
 
 // How far Winograd may go (simplecnn_kernels.set_cpu_winograd, read per call): "4x4" allows
@@ -97,6 +100,17 @@ Algorithm choose_algorithm(const CpuKernels& k, const at::Tensor& input, const a
       return Algorithm::kDirect;
     const int64_t pooled_h = input.size(2) / 2, pooled_w = input.size(3) / 2;
     const int64_t windows = input.size(0) * pooled_h * pooled_w;
+    // The direct kernel computes chunk_cols columns per call: the share inside the image.
+    const int64_t chunk = k.direct.chunk_cols;
+    const int64_t cols = 2 * pooled_w, lanes = ceil_div(cols, chunk) * chunk;
+    const bool direct_fills_chunks = 10 * cols >= 9 * lanes;
+    // bfloat16 pairs: vdpbf16ps's twice the products per instruction beat the float32 Winograd
+    // below 64 channels where the direct kernel fills its chunks (measured on Zen 4 against
+    // F(4x4): 32 -> 32 32x32 N=8 1.29x, N=64 1.34x; 16 -> 16 N=16 1.56x; 48 -> 48 N=2 1.13x;
+    // 64 -> 64 N=64 0.92x).
+    if (direct_fills_chunks && takes_bf16_pairs(k, input.scalar_type()) &&
+        std::min(input.size(1), weight.size(0)) < kBf16PairsWinogradMinChannels)
+      return Algorithm::kDirect;
     const WinogradSetting setting = winograd_setting();
     if (windows >= kWinogradMinWindows && setting != WinogradSetting::kOff && all_finite(weight)) {
       // F(4x4) where its GEMM work (36 products per 4x4 tile against F(2x2)'s 16 per window,
@@ -110,10 +124,7 @@ Algorithm choose_algorithm(const CpuKernels& k, const at::Tensor& input, const a
         return Algorithm::kWinograd4x4;
       return Algorithm::kWinograd2x2;
     }
-    // The direct kernel computes chunk_cols columns per call: the share inside the image.
-    const int64_t chunk = k.direct.chunk_cols;
-    const int64_t cols = 2 * pooled_w, lanes = ceil_div(cols, chunk) * chunk;
-    return 10 * cols < 9 * lanes ? Algorithm::kImplicitGemm : Algorithm::kDirect;
+    return direct_fills_chunks ? Algorithm::kDirect : Algorithm::kImplicitGemm;
   }
 }
 
