@@ -7,6 +7,15 @@
 
 namespace convert {
 
+// The first n lanes of v stored as float16 / bfloat16 at dst (a whole vector where n is one).
+template <typename VF>
+inline void store_16bit_first(uint16_t* dst, typename VF::V v, int n, StorageType storage) {
+  if (n == VF::size) return VF::store_16bit(dst, v, storage);
+  uint16_t stored[VF::size];
+  VF::store_16bit(stored, v, storage);
+  std::copy(stored, stored + n, dst);
+}
+
 template <StorageType S>
 void to_float(const uint16_t* src, int64_t n, float* dst) {
   using VF = Vec<float>;
@@ -26,10 +35,8 @@ void from_float(const float* src, int64_t n, uint16_t* dst) {
   for (; i + VF::size <= n; i += VF::size) VF::store_16bit(dst + i, VF::load(src + i), S);
   if (i < n) {
     float tail[VF::size] = {};
-    uint16_t stored[VF::size];
     std::copy(src + i, src + n, tail);
-    VF::store_16bit(stored, VF::load(tail), S);
-    std::copy(stored, stored + (n - i), dst + i);
+    store_16bit_first<VF>(dst + i, VF::load(tail), static_cast<int>(n - i), S);
   }
 }
 

@@ -42,18 +42,13 @@ struct OneChannel {
 };
 
 // Stores the first n lanes of v at element `at` of the call's output: `out`, or `out_16bit`
-// (rounded to float16 / bfloat16) where the call has one (ChunkArgs).
+// (rounded to float16 / bfloat16, convert_kernel.h) where the call has one (ChunkArgs).
 template <typename T, typename Args>
 inline void store_output(const Args& a, int64_t at, typename Vec<T>::V v, int n) {
   using VT = Vec<T>;
   if constexpr (std::is_same_v<T, float>) {
-    if (a.out_16bit != nullptr) {
-      if (n == VT::size) return VT::store_16bit(a.out_16bit + at, v, a.storage);
-      uint16_t stored[VT::size];
-      VT::store_16bit(stored, v, a.storage);
-      std::copy(stored, stored + n, a.out_16bit + at);
-      return;
-    }
+    if (a.out_16bit != nullptr)
+      return convert::store_16bit_first<VT>(a.out_16bit + at, v, n, a.storage);
   }
   if (n == VT::size) return VT::store(a.out + at, v);
   VT::store_first(a.out + at, v, n);

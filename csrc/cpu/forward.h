@@ -56,12 +56,14 @@ class FusedForward {
   // converted as it stores them: ChunkArgs::out_16bit); other layouts go through a small tile
   // that is converted and scattered.
   struct OutputTarget {
+    // The kernels store float32 / float64 as they are, float16 / bfloat16 from float32.
+    static_assert(std::is_same_v<scalar_t, acc_t> ||
+                  (std::is_same_v<acc_t, float> &&
+                   storage_type<scalar_t>() != StorageType::kFloat));
     OutputTarget(const at::Tensor& out, bool pool, const CpuKernels& k)
         : k(k), ptr(out.mutable_data_ptr<scalar_t>()), sN(out.stride(0)), sC(out.stride(1)),
           sH(out.stride(2)), sW(out.stride(3)), H(out.size(2)), W(out.size(3)), pool(pool),
-          in_place(sW == 1 && (std::is_same_v<scalar_t, acc_t> ||
-                               (std::is_same_v<acc_t, float> &&
-                                storage_type<scalar_t>() != StorageType::kFloat))),
+          in_place(sW == 1),
           // Outputs larger than the threads' L2 caches are streamed past them: the write then
           // needs no read of the line first. Measured on the seed layer (3 -> 18, 32x32, Zen 4,
           // 2 threads): N=256 (4.7 MB) 1.8 -> 1.45 ms, N=1024 7.5 -> 6.1; SimpleCNN N=256 the

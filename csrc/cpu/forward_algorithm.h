@@ -80,15 +80,19 @@ inline bool takes_bf16_pairs(const CpuKernels& k, at::ScalarType dtype) {
 static_assert(kGemmCiBlock % 2 == 0);
 
 // The implicit GEMM over bfloat16 pairs repays pairing its packed weights (one more pass over
-// them) from this many pooled windows per call on (counted as choose_algorithm does): measured on
+// them) from this many pooled windows per call on (pooled_windows): measured on
 // Zen 4 at N=1, against the float32 GEMM of the same level, 256 -> 512 4x4 (4 windows) 0.88x, 256
 // -> 256 8x8 (16) 1.06x, N=2 (32) 1.25x. Below, bfloat16 takes the float32 GEMM.
 constexpr int64_t kGemmPairsMinWindows = 16;
 
+// The pooled windows of a call, as the algorithm choice counts them (unpooled calls too).
+inline int64_t pooled_windows(const at::Tensor& input) {
+  return input.size(0) * (input.size(2) / 2) * (input.size(3) / 2);
+}
+
 inline bool gemm_takes_bf16_pairs(const CpuKernels& k, const at::Tensor& input) {
-  const int64_t windows = input.size(0) * (input.size(2) / 2) * (input.size(3) / 2);
   return input.scalar_type() == at::kBFloat16 && k.window_gemm_bf16 != nullptr &&
-         windows >= kGemmPairsMinWindows;
+         pooled_windows(input) >= kGemmPairsMinWindows;
 }
 
 template <typename acc_t>
@@ -99,7 +103,7 @@ Algorithm choose_algorithm(const CpuKernels& k, const at::Tensor& input, const a
     if (input.size(1) < kWideMinChannels || weight.size(0) < kWideMinChannels)
       return Algorithm::kDirect;
     const int64_t pooled_h = input.size(2) / 2, pooled_w = input.size(3) / 2;
-    const int64_t windows = input.size(0) * pooled_h * pooled_w;
+    const int64_t windows = pooled_windows(input);
     // The direct kernel computes chunk_cols columns per call: the share inside the image.
     const int64_t chunk = k.direct.chunk_cols;
     const int64_t cols = 2 * pooled_w, lanes = ceil_div(cols, chunk) * chunk;
