@@ -17,13 +17,12 @@ the four values is stored after ReLU.
 Two kernels:
 - ``_dot_kernel``, the default: an implicit GEMM on the tensor cores. The reduction runs over
   K = 9 * C_in, tap-major (k = tap * C_in + ci), in chunks of BLOCK_K: RGB input is one chunk of
-  32 (27 used), so matrix units pay off even at 3 input channels. Arithmetic decides there: at
-  3->18 an FP32 multiply-add kernel needs more time for its FLOPs than the op's memory traffic
-  takes on an H100, the tensor cores do not. The window's four positions run one after another
-  into one accumulator and a running max (four live accumulators spilled registers). float32
-  uses TF32 where torch lets the stock conv use it (``conv_allows_tf32``: the default).
+  32 (27 used). The window's four positions run one after another into one accumulator and a
+  running max (four live accumulators spilled registers). float32 uses TF32 where torch lets
+  the stock conv use it (``conv_allows_tf32``: the default).
 - ``_fma_kernel``: plain float32 multiply-adds on [BLOCK_CO, BLOCK_P] tiles, for float32 when
-  the caller disabled TF32 for convolutions, so results keep full float32 precision.
+  the caller disabled TF32 for convolutions, so results keep full float32 precision, and for
+  float32 RGB input, where it measured faster than the tensor cores (choose_kernel).
 
 Every autotune config compiles for sm_90 without spilling registers (tests/triton_sm90.py checks
 it without a GPU). Under the Triton interpreter (``TRITON_INTERPRET=1`` set before import) the
@@ -389,10 +388,19 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     return f"it runs on CUDA tensors, not {device.type}"
 
 
+# float32 layers whose whole reduction (K = 9 * C_in) fits one K chunk take the multiply-add
+# kernel even where TF32 is allowed: at 3 channels it was faster on an H200 (3->18 32x32, batch
+# 4096: 0.348 against 0.370 ms; 16384: 1.364 against 1.454 ms) and it keeps float32's precision.
+_FMA_MAX_FLOAT32_C_IN = 3
+
+
 def choose_kernel(input: torch.Tensor, out: torch.Tensor) -> str:
     """The tensor-core kernel, unless float32 must keep full precision (TF32 not allowed for the
-    stock conv: conv_allows_tf32) or an image is too large for its 32-bit offsets."""
-    if input.dtype == torch.float32 and not conv_allows_tf32():
+    stock conv: conv_allows_tf32), float32 has at most _FMA_MAX_FLOAT32_C_IN input channels, or
+    an image is too large for its 32-bit offsets."""
+    if input.dtype == torch.float32 and (
+        not conv_allows_tf32() or input.shape[1] <= _FMA_MAX_FLOAT32_C_IN
+    ):
         return "fma"
     if max(_image_extent(input), _image_extent(out)) >= 2**31:
         return "fma"

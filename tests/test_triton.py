@@ -184,12 +184,15 @@ def test_triton_rejects_float64():
 
 def test_kernel_choice_follows_the_tf32_setting():
     # Settings are restored by conftest's fixture.
-    x, w, b = make_inputs(1, 3, 4, 4, 4, device=DEVICE)
+    x, w, b = make_inputs(1, 4, 4, 4, 4, device=DEVICE)
     out = torch.empty(1, 4, 2, 2, device=DEVICE)
     cudnn = torch.backends.cudnn
     cudnn.allow_tf32 = True  # the legacy flag
     assert tk.choose_kernel(x, out) == "dot"
     assert tk.choose_kernel(x.half(), out.half()) == "dot"
+    rgb = x[:, :3]  # float32 RGB takes the multiply-adds (faster there); 16-bit the tensor cores
+    assert tk.choose_kernel(rgb, out) == "fma"
+    assert tk.choose_kernel(rgb.bfloat16(), out.bfloat16()) == "dot"
     cudnn.allow_tf32 = False
     assert tk.choose_kernel(x, out) == "fma"
     assert tk.choose_kernel(x.bfloat16(), out.bfloat16()) == "dot"
@@ -221,7 +224,7 @@ def test_tf32_path_within_tf32_error():
     # float32 through the tensor cores with TF32 inputs (10-bit mantissa), as the stock conv
     # does by default: the error stays within a few TF32 roundings of the float64 result.
     torch.backends.cudnn.conv.fp32_precision = "tf32"
-    x, w, b = make_inputs(64, 3, 18, 32, 32, device=DEVICE)
+    x, w, b = make_inputs(64, 8, 18, 32, 32, device=DEVICE)  # 8 channels: not choose_kernel's RGB
     out = sk.conv3x3_relu_maxpool2d(x, w, b, backend="triton")
     assert_matches_reference(out, x, w, b, dtype="tf32")
     ref, scale = reference(x, w, b)  # and the test can tell TF32 from float32:
