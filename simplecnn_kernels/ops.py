@@ -12,8 +12,9 @@ values instead of their max). Their schemas are registered in C++
 - autograd.
 
 Backends: ``"cpu"`` (the C++ kernel in csrc/cpu), ``"triton"`` (triton_conv3x3_relu_maxpool2d.py,
-when triton is installed; the default on CUDA), ``"cuda"`` (the CUDA C++ kernel in csrc/cuda,
-when built) and ``"reference"`` (the stock PyTorch composition).
+when triton is installed; the default on CUDA from 1 GFLOP per call), ``"cuda"`` (the CUDA C++
+kernel in csrc/cuda, when built; the default on CUDA for smaller calls) and ``"reference"``
+(the stock PyTorch composition).
 """
 
 from __future__ import annotations
@@ -175,10 +176,28 @@ _warned_fallback: set[str] = set()
 # The default per device type, best first: on CUDA Triton, then the CUDA C++ kernel (no
 # triton, or float64), then the stock composition.
 _PREFERENCE = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
+# Calls of less work than this (the direct conv's FLOPs) default to the CUDA C++ kernel: a
+# Triton launch cost ~160 us of Python on the H200's host (the CUDA C++ op 36 us,
+# bench/results/h200-launch-overhead.txt), more than the CUDA C++ kernel computes in at its
+# 7-12 TFLOP/s there. H200, float32, CUDA C++ against Triton: 3->18 32x32 N=256 (0.25 GFLOP)
+# 0.04-0.07 against 0.16-0.36 ms, 64->64 N=1 0.10-0.15 against 0.19-0.35 ms; from 3->18 N=4096
+# (4 GFLOP) Triton wins (0.37 against 0.57 ms), and 64->64 N=256 (19 GFLOP) by 4x.
+_CUDA_SMALL_CALL_FLOPS = 1e9
 
 
-def _default_backend(device: torch.device, dtype: torch.dtype, op: str) -> str:
-    for backend in _PREFERENCE.get(device.type, ()):
+def _conv_flops(input: Tensor, weight: Tensor) -> int:
+    """The direct convolution's multiply-adds x 2 of a call on `input` (batched or not)."""
+    n = input.shape[0] if input.dim() == 4 else 1
+    return 2 * n * weight.shape[0] * input.shape[-2] * input.shape[-1] * weight.shape[1] * 9
+
+
+def _default_backend(
+    device: torch.device, dtype: torch.dtype, op: str, flops: int | None = None
+) -> str:
+    preference = _PREFERENCE.get(device.type, ())
+    if device.type == "cuda" and flops is not None and flops < _CUDA_SMALL_CALL_FLOPS:
+        preference = ("cuda", "triton")
+    for backend in preference:
         if _unavailable_reason(backend, device, dtype) is None:
             return backend
     key = f"{op} {device.type} {dtype}"
@@ -197,12 +216,14 @@ def resolve_backend(
     device: torch.device,
     dtype: torch.dtype = torch.float32,
     op: str = "conv3x3_relu_maxpool2d",
+    flops: int | None = None,
 ) -> str:
     """The backend that runs for `backend` (None: the best one) on tensors of this device and
-    dtype; `op` names the op in errors."""
+    dtype; `op` names the op in errors. `flops` (_conv_flops) is the call's work: on CUDA, small
+    calls default to the CUDA C++ kernel, whose launch costs less than Triton's."""
     _check_backend_name(backend, op)
     if backend is None:
-        return _default_backend(device, dtype, op)
+        return _default_backend(device, dtype, op, flops)
     reason = _unavailable_reason(backend, device, dtype)
     if reason is not None:
         raise RuntimeError(
@@ -314,7 +335,8 @@ def _forward(
     input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
 ) -> Tensor:
     _check_inputs(input, weight, bias)
-    backend = resolve_backend(backend, input.device, input.dtype)
+    flops = _conv_flops(input, weight)
+    backend = resolve_backend(backend, input.device, input.dtype, flops=flops)
     if input.dim() == 3:  # stock max-pool returns unbatched results contiguous, whatever the conv's
         return _unbatched(
             _run_backend(backend, input.unsqueeze(0), weight, bias, True).contiguous()
@@ -333,7 +355,8 @@ def _forward_unpooled(
     input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
 ) -> Tensor:
     _check_inputs(input, weight, bias, pool=False)
-    backend = resolve_backend(backend, input.device, input.dtype, "conv3x3_relu2d")
+    flops = _conv_flops(input, weight)
+    backend = resolve_backend(backend, input.device, input.dtype, "conv3x3_relu2d", flops)
     if input.dim() == 3:  # as the stock conv: the batched result's layout, batch squeezed out
         return _unbatched(_run_backend(backend, input.unsqueeze(0), weight, bias, False))
     return _run_backend(backend, input, weight, bias, False)

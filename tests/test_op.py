@@ -146,6 +146,29 @@ def test_cpu_result_independent_of_thread_count(op, shape):
 
 def test_default_backend_on_cpu_is_the_cpp_kernel():
     assert sk.ops.resolve_backend(None, torch.device("cpu")) == "cpu"
+    assert sk.ops.resolve_backend(None, torch.device("cpu"), flops=1) == "cpu"
+
+
+def test_small_cuda_calls_default_to_the_cuda_kernel(monkeypatch):
+    # Both GPU backends available (whatever this machine has): Triton from 1 GFLOP, the CUDA
+    # C++ kernel (cheaper to launch) below; without the work, Triton.
+    monkeypatch.setattr(sk.ops, "_unavailable_reason", lambda backend, device, dtype: None)
+    cuda = torch.device("cuda")
+    x, w = torch.empty(256, 3, 32, 32), torch.empty(18, 3, 3, 3)
+    small = sk.ops._conv_flops(x, w)
+    assert small == 2 * 256 * 18 * 32 * 32 * 3 * 9  # 0.25 GFLOP
+    assert sk.ops._conv_flops(x[0], w) * 256 == small  # unbatched: one image
+    assert sk.ops.resolve_backend(None, cuda, flops=small) == "cuda"
+    assert sk.ops.resolve_backend(None, cuda, flops=small * 4) == "triton"  # 1 GFLOP
+    assert sk.ops.resolve_backend(None, cuda) == "triton"
+    assert sk.ops.resolve_backend("triton", cuda, flops=small) == "triton"  # asked for: taken
+    # Without the CUDA C++ kernel, small calls take Triton.
+    monkeypatch.setattr(
+        sk.ops,
+        "_unavailable_reason",
+        lambda backend, device, dtype: "not built" if backend == "cuda" else None,
+    )
+    assert sk.ops.resolve_backend(None, cuda, flops=small) == "triton"
     assert "cpu" in sk.available_backends() and "reference" in sk.available_backends()
 
 
