@@ -370,9 +370,10 @@ def _autotuner(key: tuple[str, str]):
     return triton.autotune(CONFIGS[key], key=_AUTOTUNE_KEY)(_JIT[key[0]])
 
 
-# The (kernel, epilogue) and autotune key values autotuning has seen: inside a CUDA graph capture
-# (_launcher) only these may go through the autotuner, which then takes its cached config.
-_TUNED: set[tuple] = set()
+# The config autotuning chose for each (kernel, epilogue) and autotune key values: later launches
+# call the kernel with it directly, past triton.autotune's per-call wrapper (a seventh of the
+# Triton op's Python time on the H200's host, bench/results/h200-launch-overhead.txt).
+_TUNED: dict[tuple, triton.Config] = {}
 
 
 def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -462,19 +463,17 @@ def _conv_rounds_before_bias(device: torch.device, dtype: torch.dtype) -> bool:
 
 def _launcher(key: tuple[str, str], tuning_key: tuple, config: triton.Config | None):
     """What runs a launch and the meta-parameters it takes: the kernel with `config`, with the
-    interpreter's or the first config (autotuning off), or the autotuner (`{}`), except inside a
-    CUDA graph capture, where autotuning's benchmark (it synchronizes) would break the capture:
-    there the autotuner only for keys it has tuned (it launches its cached config), else the
-    first config. `key`: (kernel, epilogue); `tuning_key`: the autotune key's values."""
+    interpreter's or the first config (autotuning off), with the config tuned for these keys, or
+    else the autotuner (`{}`), except inside a CUDA graph capture, where autotuning's benchmark
+    (it synchronizes) would break the capture: there the first config. `key`: (kernel,
+    epilogue); `tuning_key`: the autotune key's values."""
     kernel = key[0]
     if config is None and INTERPRETED:
         return _JIT[kernel], dict(_INTERPRETER_META[kernel])
-    if (
-        config is None
-        and _AUTOTUNE
-        and (not torch.cuda.is_current_stream_capturing() or (key, tuning_key) in _TUNED)
-    ):
-        return _autotuner(key), {}
+    if config is None and _AUTOTUNE:
+        config = _TUNED.get((key, tuning_key))
+        if config is None and not torch.cuda.is_current_stream_capturing():
+            return _autotuner(key), {}
     # all_kwargs, as the autotuner launches: Triton caches compiled kernels by these options.
     return _JIT[kernel], (config or CONFIGS[key][0]).all_kwargs()
 
@@ -514,6 +513,6 @@ def _launch(input, weight, bias, out, grad_output, kernel, pool=True, config=Non
             **({"UPCAST": INTERPRETED} if kernel == "dot" else {}),
             **meta,
         )  # fmt: skip
-        if launcher is not _JIT[kernel]:
-            _TUNED.add((key, tuning_key))
+        if launcher is not _JIT[kernel] and getattr(launcher, "best_config", None) is not None:
+            _TUNED[(key, tuning_key)] = launcher.best_config  # the config it launched
     return out

@@ -73,6 +73,7 @@ def test_cuda_graph_capture_with_autotuning(monkeypatch):
     )
     sk.conv3x3_relu_maxpool2d(*tuned, backend="triton")  # autotuned outside the capture
     key = ("fma", "pooled")  # float32 with TF32 off (the tests' precision fixture)
+    assert (key, (3, 18, 16, 16, 8, torch.float32)) in tk._TUNED  # its config, for later calls
     tk.forward(*untuned, config=tk.CONFIGS[key][0])  # compiled before the capture
 
     def benchmark(*args, **kwargs):

@@ -256,20 +256,24 @@ def test_every_autotune_config_on_an_odd_shape(key, index):
         assert_matches_reference(out, x, w, b, pool=pool)
 
 
-def test_launcher_never_autotunes_inside_a_cuda_graph_capture(monkeypatch):
-    # Autotuning a new key benchmarks (and synchronizes), which breaks a CUDA graph capture:
-    # inside one the autotuner runs only keys it has tuned (it launches its cached config),
-    # others the first config, with the options the autotuner launches with (Triton caches
-    # compiled kernels by them: other options compile and load a module mid-capture).
+def test_launcher_takes_tuned_configs_and_never_autotunes_inside_a_cuda_graph_capture(
+    monkeypatch,
+):
+    # Keys autotuning has tuned launch the kernel with their config directly, past the
+    # autotuner's per-call wrapper. Autotuning a new key benchmarks (and synchronizes), which
+    # breaks a CUDA graph capture: inside one new keys take the first config. Always with the
+    # options the autotuner launches with (Triton caches compiled kernels by them: other options
+    # compile and load a module mid-capture).
     key, capturing = ("fma", "pooled"), [False]
+    autotuner, first, second = tk._autotuner(key), *tk.CONFIGS[key][:2]
     monkeypatch.setattr(tk, "INTERPRETED", False)
     monkeypatch.setattr(tk, "_AUTOTUNE", True)
-    monkeypatch.setattr(tk, "_TUNED", {(key, "tuned")})
+    monkeypatch.setattr(tk, "_TUNED", {(key, "tuned"): second})
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
-    autotuner, first, second = tk._autotuner(key), *tk.CONFIGS[key][:2]
     assert tk._launcher(key, "new", None) == (autotuner, {})
+    assert tk._launcher(key, "tuned", None) == (tk._JIT["fma"], second.all_kwargs())
     capturing[0] = True
-    assert tk._launcher(key, "tuned", None) == (autotuner, {})
+    assert tk._launcher(key, "tuned", None) == (tk._JIT["fma"], second.all_kwargs())
     assert tk._launcher(key, "new", None) == (tk._JIT["fma"], first.all_kwargs())
     assert tk._launcher(key, "new", second) == (tk._JIT["fma"], second.all_kwargs())
     assert "num_ctas" in first.all_kwargs()  # more than num_warps and num_stages
