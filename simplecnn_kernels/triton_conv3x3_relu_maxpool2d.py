@@ -40,12 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .stock_conv import (
-    conv_allows_tf32,
-    conv_grad_memory_format,
-    output_memory_format,
-    stock_conv_uses_cudnn,
-)
+from .stock_conv import conv_allows_tf32, conv_grad_memory_format, stock_conv_uses_cudnn
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _NAN = tl.constexpr(tl.PropagateNan.ALL)  # jit code may only read constexpr globals
@@ -419,13 +414,7 @@ def forward(
     """The fused op on a 4-D input (checked by the op): conv3x3_relu_maxpool2d, or with `pool`
     False conv3x3_relu2d. `kernel` ("dot" or "fma") overrides `choose_kernel` and `config` (one
     of CONFIGS) autotuning, for tests and benchmarks."""
-    n, _, h, w = input.shape
-    out = torch.empty(
-        (n, weight.shape[0], h // 2, w // 2) if pool else (n, weight.shape[0], h, w),
-        dtype=input.dtype,
-        device=input.device,
-        memory_format=output_memory_format(input, weight),
-    )
+    out = torch.ops.simplecnn._empty_output(input, weight, pool)  # stock_conv's layout rule
     return _launch(input, weight, bias, out, None, kernel, pool, config)
 
 
@@ -488,7 +477,8 @@ def _launch(input, weight, bias, out, grad_output, kernel, pool=True, config=Non
     kernel = kernel or choose_kernel(input, out)
     epilogue = "conv_grad" if grad_output is not None else "pooled" if pool else "unpooled"
     key = (kernel, epilogue)
-    tuning_key = (c_in, c_out, ho, wo, triton.next_power_of_2(n), input.dtype)  # _AUTOTUNE_KEY's
+    n_bucket = triton.next_power_of_2(n)
+    tuning_key = (c_in, c_out, ho, wo, n_bucket, input.dtype)  # _AUTOTUNE_KEY's values
 
     def grid(m):
         return (n * triton.cdiv(ho * wo, m["BLOCK_P"]), triton.cdiv(c_out, m["BLOCK_CO"]))
@@ -505,7 +495,7 @@ def _launch(input, weight, bias, out, grad_output, kernel, pool=True, config=Non
             b.stride(0),
             *out.stride(),
             g, *g.stride(),
-            triton.next_power_of_2(n),
+            n_bucket,
             HAS_BIAS=bias is not None,
             CONV_GRAD=grad_output is not None,
             ROUND_BEFORE_BIAS=_conv_rounds_before_bias(input.device, input.dtype),

@@ -454,3 +454,24 @@ def test_cuda_bfloat16_follows_cudnns_bfloat16_support(op, capability, monkeypat
         out = TORCH_OPS[op](x.contiguous(memory_format=torch.channels_last), w, None)
     expected = torch.channels_last if capability >= (8, 0) else torch.contiguous_format
     assert out.is_contiguous(memory_format=expected)
+
+
+@pytest.mark.parametrize("pool", [True, False])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 8, 6), (1, 4, 1, 5, 4), (3, 1, 2, 1, 7)], ids=str)
+def test_empty_output_is_the_stock_output(pool, layout, shape):
+    # The Triton kernels' output: stock's shape, dtype and layout (channels_last when the
+    # input or the weight is), uninitialized. The strides of size-1 dims say nothing (stock's
+    # and the CPU kernel's differ there), so they are left out.
+    if pool and min(shape[3:]) < 2:
+        pytest.skip("the pool needs H, W >= 2")
+    x, w, b = make_inputs(*shape, dtype=torch.bfloat16, layout=layout)
+    out = torch.ops.simplecnn._empty_output(x, w, pool)
+    expected = stock_composition(x, w, b, pool=pool)
+
+    def layout_of(t):
+        return t.shape, [
+            stride for stride, size in zip(t.stride(), t.shape, strict=True) if size > 1
+        ]
+
+    assert layout_of(out) == layout_of(expected) and out.dtype == x.dtype
