@@ -41,6 +41,10 @@ from .models import Conv3x3ReLU2d, Conv3x3ReLUMaxPool2d, conv_mismatch
 logger = logging.getLogger(__name__)
 
 _RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_)
+# GraphModule.__deepcopy__ rebuilds the module from its graph and submodules, then sets the
+# attributes listed under this key of its `meta` (torch.fx.graph_module's
+# _USER_PRESERVED_ATTRIBUTES_KEY); others are lost.
+_FX_PRESERVED_ATTRIBUTES = "_user_preserved_attributes"
 
 
 def fuse(model: nn.Module, backend: str | None = None) -> nn.Module:
@@ -72,6 +76,9 @@ def fuse(model: nn.Module, backend: str | None = None) -> nn.Module:
         result = traced
     result.fused_layers = report.fused
     result.unfused_layers = report.left
+    if isinstance(result, fx.GraphModule):  # its deepcopy keeps only attributes named here
+        preserved = result.meta.setdefault(_FX_PRESERVED_ATTRIBUTES, {})
+        preserved.update(fused_layers=report.fused, unfused_layers=report.left)
     if report.batchnorms:
         result.register_load_state_dict_pre_hook(_FoldOnLoad(report.batchnorms))
     logger.info("fuse: fused %d chain(s): %s", len(report.fused), ", ".join(report.fused) or "none")

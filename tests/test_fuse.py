@@ -328,6 +328,19 @@ def test_fused_model_with_folded_batchnorm_pickles():
         loaded.load_state_dict(ConvBN().eval().state_dict())
 
 
+@pytest.mark.parametrize("model_class", [ConvBN, ConvBNDoesNotTrace])
+def test_deepcopy_of_a_fused_model_keeps_its_report_and_folds_on_load(model_class):
+    # copy.deepcopy (EMA weights, checkpoint averaging): torch.fx rebuilds a GraphModule and
+    # keeps only the attributes it is told to.
+    fused = sk.fuse(_randomize_batchnorms(model_class()).eval())
+    twin = copy.deepcopy(fused)
+    assert (twin.fused_layers, twin.unfused_layers) == (fused.fused_layers, fused.unfused_layers)
+    assert twin.fused_layers  # not both empty
+    other = _randomize_batchnorms(model_class()).eval()
+    twin.load_state_dict(other.state_dict())  # BatchNorm folded on load, as in the original
+    _assert_close_to_float64_stock(other, twin, torch.randn(2, 3, 16, 16))
+
+
 def test_unfused_layers_say_why():
     fused = sk.fuse(VGGStyle().eval())
     assert set(fused.unfused_layers) == {"features.3", "features.9"}
