@@ -335,7 +335,7 @@ def _forward(
     input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
 ) -> Tensor:
     _check_inputs(input, weight, bias)
-    flops = _conv_flops(input, weight)
+    flops = _conv_flops(input, weight) if input.is_cuda else None  # chooses among CUDA backends
     backend = resolve_backend(backend, input.device, input.dtype, flops=flops)
     if input.dim() == 3:  # stock max-pool returns unbatched results contiguous, whatever the conv's
         return _unbatched(
@@ -355,7 +355,7 @@ def _forward_unpooled(
     input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
 ) -> Tensor:
     _check_inputs(input, weight, bias, pool=False)
-    flops = _conv_flops(input, weight)
+    flops = _conv_flops(input, weight) if input.is_cuda else None
     backend = resolve_backend(backend, input.device, input.dtype, "conv3x3_relu2d", flops)
     if input.dim() == 3:  # as the stock conv: the batched result's layout, batch squeezed out
         return _unbatched(_run_backend(backend, input.unsqueeze(0), weight, bias, False))

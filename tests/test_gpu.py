@@ -20,6 +20,18 @@ def test_default_backend_on_cuda():
         assert sk.ops.resolve_backend(None, torch.device("cuda"), flops=10**8) == "cuda"
 
 
+@pytest.mark.skipif(len(CUDA_BACKENDS) < 2, reason="needs both the CUDA C++ and Triton kernels")
+@pytest.mark.parametrize(("batch", "expected"), [(2, "cuda"), (2048, "triton")])
+def test_the_default_backend_depends_on_the_work(batch, expected):
+    # 8 -> 16 channels, 16x16: 2 images 1.2 MFLOP, 2048 images 1.2 GFLOP. The CUDA C++ kernel
+    # runs as the op simplecnn::_fused_forward, Triton's does not.
+    x, w, b = make_inputs(batch, 8, 16, 16, 16, device="cuda")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        sk.conv3x3_relu_maxpool2d(x, w, b)
+    ran_cuda_kernel = any(e.name == "simplecnn::_fused_forward" for e in prof.events())
+    assert ran_cuda_kernel == (expected == "cuda")
+
+
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
 def test_compile_reduce_overhead_cuda_graphs(backend):
     model = sk.FusedSimpleCNN(device="cuda", backend=backend).eval()
