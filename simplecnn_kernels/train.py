@@ -178,6 +178,9 @@ def train(args: argparse.Namespace) -> History:
         if _step_limit_reached(args.max_steps, history):
             break
     if distributed:
+        # Every rank done before any closes its connections (as torch's own distributed tests
+        # do): a gloo rank tearing down while its peer still talked aborted it once here.
+        dist.barrier()
         dist.destroy_process_group()
     return history
 
