@@ -161,8 +161,26 @@ def _unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype) 
     if backend == "cuda":
         if not _cuda_kernel_built():
             return "this build of simplecnn_kernels has no CUDA kernel"
-        return None if device.type == "cuda" else "it runs on CUDA tensors only"
+        if device.type != "cuda":
+            return "it runs on CUDA tensors only"
+        if torch.cuda.is_available():  # (fake CUDA tensors on machines without a GPU: no check)
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            if not _cuda_kernel_runs_on(index):
+                major, minor = torch.cuda.get_device_capability(index)
+                return (
+                    f"this build has no kernel image for {torch.cuda.get_device_name(index)} "
+                    f"(sm_{major}{minor}); rebuild on that GPU, or with TORCH_CUDA_ARCH_LIST "
+                    "naming it"
+                )
+        return None
     return None  # "reference" runs wherever PyTorch does
+
+
+@functools.cache
+def _cuda_kernel_runs_on(index: int) -> bool:
+    """Whether the CUDA kernel was compiled for GPU `index` (builds without a GPU: sm_80 and
+    sm_90 + PTX, setup.py)."""
+    return torch.ops.simplecnn._cuda_kernel_runs_on(torch.device("cuda", index))
 
 
 def _check_backend_name(backend: str | None, op: str = "conv3x3_relu_maxpool2d") -> None:
@@ -176,26 +194,32 @@ _warned_fallback: set[str] = set()
 # The default per device type, best first: on CUDA Triton, then the CUDA C++ kernel (no
 # triton, or float64), then the stock composition.
 _PREFERENCE = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
-# Calls of less work than this (the direct conv's FLOPs) default to the CUDA C++ kernel: a
-# Triton launch cost ~160 us of Python on the H200's host (the CUDA C++ op 36 us,
-# bench/results/h200-launch-overhead.txt), more than the CUDA C++ kernel computes in at its
-# 7-12 TFLOP/s there. H200, float32, CUDA C++ against Triton: 3->18 32x32 N=256 (0.25 GFLOP)
-# 0.04-0.07 against 0.16-0.36 ms, 64->64 N=1 0.10-0.15 against 0.19-0.35 ms; from 3->18 N=4096
-# (4 GFLOP) Triton wins (0.37 against 0.57 ms), and 64->64 N=256 (19 GFLOP) by 4x.
+# Small calls default to the CUDA C++ kernel: a Triton launch cost ~160 us of Python on the
+# H200's host (the CUDA C++ op 36 us, bench/results/h200-launch-overhead.txt), more than the
+# CUDA C++ kernel needs for them. H200, float32, CUDA C++ against Triton: 3->18 32x32 N=256
+# (0.25 GFLOP) 0.04-0.07 against 0.16-0.36 ms, 64->64 N=1 0.10-0.15 against 0.19-0.35 ms; from
+# 3->18 N=4096 (4 GFLOP) Triton wins (0.37 against 0.57 ms), and 64->64 N=256 (19 GFLOP) by 4x.
+# Small: under _CUDA_SMALL_CALL_FLOPS of the direct conv and, as measured, at most
+# _CUDA_SMALL_CALL_MAX_C_IN input channels (each CUDA C++ thread loops over all of them: wider
+# layers at small batches were not timed).
 _CUDA_SMALL_CALL_FLOPS = 1e9
+_CUDA_SMALL_CALL_MAX_C_IN = 64
 
 
-def _conv_flops(input: Tensor, weight: Tensor) -> int:
-    """The direct convolution's multiply-adds x 2 of a call on `input` (batched or not)."""
+def _small_cuda_call(input: Tensor, weight: Tensor) -> bool:
+    """Whether a call on CUDA tensors is small enough for the CUDA C++ kernel to be the default
+    (checked arguments; `input` batched or not)."""
     n = input.shape[0] if input.dim() == 4 else 1
-    return 2 * n * weight.shape[0] * input.shape[-2] * input.shape[-1] * weight.shape[1] * 9
+    c_out, c_in = weight.shape[0], weight.shape[1]
+    flops = 2 * n * c_out * input.shape[-2] * input.shape[-1] * c_in * 9
+    return flops < _CUDA_SMALL_CALL_FLOPS and c_in <= _CUDA_SMALL_CALL_MAX_C_IN
 
 
 def _default_backend(
-    device: torch.device, dtype: torch.dtype, op: str, flops: int | None = None
+    device: torch.device, dtype: torch.dtype, op: str, small_call: bool = False
 ) -> str:
     preference = _PREFERENCE.get(device.type, ())
-    if device.type == "cuda" and flops is not None and flops < _CUDA_SMALL_CALL_FLOPS:
+    if device.type == "cuda" and small_call:
         preference = ("cuda", "triton")
     for backend in preference:
         if _unavailable_reason(backend, device, dtype) is None:
@@ -216,14 +240,14 @@ def resolve_backend(
     device: torch.device,
     dtype: torch.dtype = torch.float32,
     op: str = "conv3x3_relu_maxpool2d",
-    flops: int | None = None,
+    small_call: bool = False,
 ) -> str:
     """The backend that runs for `backend` (None: the best one) on tensors of this device and
-    dtype; `op` names the op in errors. `flops` (_conv_flops) is the call's work: on CUDA, small
-    calls default to the CUDA C++ kernel, whose launch costs less than Triton's."""
+    dtype; `op` names the op in errors. `small_call` (_small_cuda_call): on CUDA, small calls
+    default to the CUDA C++ kernel, whose launch costs less than Triton's."""
     _check_backend_name(backend, op)
     if backend is None:
-        return _default_backend(device, dtype, op, flops)
+        return _default_backend(device, dtype, op, small_call)
     reason = _unavailable_reason(backend, device, dtype)
     if reason is not None:
         raise RuntimeError(
@@ -335,8 +359,8 @@ def _forward(
     input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
 ) -> Tensor:
     _check_inputs(input, weight, bias)
-    flops = _conv_flops(input, weight) if input.is_cuda else None  # chooses among CUDA backends
-    backend = resolve_backend(backend, input.device, input.dtype, flops=flops)
+    small = input.is_cuda and _small_cuda_call(input, weight)
+    backend = resolve_backend(backend, input.device, input.dtype, small_call=small)
     if input.dim() == 3:  # stock max-pool returns unbatched results contiguous, whatever the conv's
         return _unbatched(
             _run_backend(backend, input.unsqueeze(0), weight, bias, True).contiguous()
@@ -355,8 +379,8 @@ def _forward_unpooled(
     input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
 ) -> Tensor:
     _check_inputs(input, weight, bias, pool=False)
-    flops = _conv_flops(input, weight) if input.is_cuda else None
-    backend = resolve_backend(backend, input.device, input.dtype, "conv3x3_relu2d", flops)
+    small = input.is_cuda and _small_cuda_call(input, weight)
+    backend = resolve_backend(backend, input.device, input.dtype, "conv3x3_relu2d", small)
     if input.dim() == 3:  # as the stock conv: the batched result's layout, batch squeezed out
         return _unbatched(_run_backend(backend, input.unsqueeze(0), weight, bias, False))
     return _run_backend(backend, input, weight, bias, False)

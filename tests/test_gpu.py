@@ -16,8 +16,10 @@ def test_default_backend_on_cuda():
     assert sk.ops.resolve_backend(None, torch.device("cuda"), torch.float32) == expected
     if "cuda" in CUDA_BACKENDS:  # Triton takes no float64; the CUDA C++ kernel does
         assert sk.ops.resolve_backend(None, torch.device("cuda"), torch.float64) == "cuda"
-        # and it launches faster: the default for calls under 1 GFLOP
-        assert sk.ops.resolve_backend(None, torch.device("cuda"), flops=10**8) == "cuda"
+        # and it launches faster: the default for small calls
+        assert sk.ops.resolve_backend(None, torch.device("cuda"), small_call=True) == "cuda"
+        # built for this GPU (gpu_check.sh builds for the visible one)
+        assert sk.ops._cuda_kernel_runs_on(torch.cuda.current_device())
 
 
 @pytest.mark.skipif(len(CUDA_BACKENDS) < 2, reason="needs both the CUDA C++ and Triton kernels")

@@ -146,30 +146,33 @@ def test_cpu_result_independent_of_thread_count(op, shape):
 
 def test_default_backend_on_cpu_is_the_cpp_kernel():
     assert sk.ops.resolve_backend(None, torch.device("cpu")) == "cpu"
-    assert sk.ops.resolve_backend(None, torch.device("cpu"), flops=1) == "cpu"
+    assert sk.ops.resolve_backend(None, torch.device("cpu"), small_call=True) == "cpu"
+    assert "cpu" in sk.available_backends() and "reference" in sk.available_backends()
 
 
 def test_small_cuda_calls_default_to_the_cuda_kernel(monkeypatch):
-    # Both GPU backends available (whatever this machine has): Triton from 1 GFLOP, the CUDA
-    # C++ kernel (cheaper to launch) below; without the work, Triton.
+    # Small: under 1 GFLOP and at most 64 input channels (where it was timed).
+    small = sk.ops._small_cuda_call
+    x, w = torch.empty(256, 3, 32, 32), torch.empty(18, 3, 3, 3)  # 0.25 GFLOP
+    assert small(x, w) and small(x[0], w) and not small(x[:1].expand(1024, -1, -1, -1), w)
+    x, w = torch.empty(1, 64, 32, 32), torch.empty(64, 64, 3, 3)  # 0.08 GFLOP
+    assert small(x, w) and not small(x.expand(16, -1, -1, -1), w)  # 1.2 GFLOP
+    x, w = torch.empty(1, 512, 14, 14), torch.empty(512, 512, 3, 3)  # VGG's 512 channels
+    assert not small(x[:, :, :2, :2], w)  # 9 MFLOP, but 512 input channels
+    # Both GPU backends available (whatever this machine has): the CUDA C++ kernel for small
+    # calls, else Triton; a backend asked for is taken.
     monkeypatch.setattr(sk.ops, "_unavailable_reason", lambda backend, device, dtype: None)
     cuda = torch.device("cuda")
-    x, w = torch.empty(256, 3, 32, 32), torch.empty(18, 3, 3, 3)
-    small = sk.ops._conv_flops(x, w)
-    assert small == 2 * 256 * 18 * 32 * 32 * 3 * 9  # 0.25 GFLOP
-    assert sk.ops._conv_flops(x[0], w) * 256 == small  # unbatched: one image
-    assert sk.ops.resolve_backend(None, cuda, flops=small) == "cuda"
-    assert sk.ops.resolve_backend(None, cuda, flops=small * 4) == "triton"  # 1 GFLOP
+    assert sk.ops.resolve_backend(None, cuda, small_call=True) == "cuda"
     assert sk.ops.resolve_backend(None, cuda) == "triton"
-    assert sk.ops.resolve_backend("triton", cuda, flops=small) == "triton"  # asked for: taken
-    # Without the CUDA C++ kernel, small calls take Triton.
+    assert sk.ops.resolve_backend("triton", cuda, small_call=True) == "triton"
+    # Without the CUDA C++ kernel (or its image for the GPU), small calls take Triton.
     monkeypatch.setattr(
         sk.ops,
         "_unavailable_reason",
         lambda backend, device, dtype: "not built" if backend == "cuda" else None,
     )
-    assert sk.ops.resolve_backend(None, cuda, flops=small) == "triton"
-    assert "cpu" in sk.available_backends() and "reference" in sk.available_backends()
+    assert sk.ops.resolve_backend(None, cuda, small_call=True) == "triton"
 
 
 def test_reference_backend_is_the_stock_composition(op):

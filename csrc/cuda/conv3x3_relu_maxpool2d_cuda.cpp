@@ -18,6 +18,16 @@ at::Tensor fused_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
   return out;
 }
 
+bool cuda_kernel_runs_on(c10::Device device) {
+  const c10::cuda::CUDAGuard device_guard(device);
+  return cuda::has_kernel_image();
+}
+
 }  // namespace simplecnn
+
+TORCH_LIBRARY_FRAGMENT(simplecnn, m) {
+  // Whether the CUDA kernel has an image for this GPU (ops.py asks before choosing it).
+  m.def("_cuda_kernel_runs_on(Device device) -> bool", &simplecnn::cuda_kernel_runs_on);
+}
 
 TORCH_LIBRARY_IMPL(simplecnn, CUDA, m) { m.impl("_fused_forward", &simplecnn::fused_forward_cuda); }

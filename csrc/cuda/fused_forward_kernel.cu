@@ -161,6 +161,18 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
+bool has_kernel_image() {
+  // Every instantiation is compiled for the same architectures: one stands for all.
+  cudaFuncAttributes attributes;
+  const cudaError_t error = cudaFuncGetAttributes(&attributes,
+                                                  fused_forward_kernel<float, float, true>);
+  if (error != cudaSuccess) {
+    (void)cudaGetLastError();  // not sticky: clear it, so later CUDA calls do not report it
+    return false;
+  }
+  return true;
+}
+
 void launch_fused_forward(const at::Tensor& input, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias, const at::Tensor& out, bool pool,
                           bool round_before_bias) {

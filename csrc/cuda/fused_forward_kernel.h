@@ -10,6 +10,10 @@
 
 namespace simplecnn::cuda {
 
+// Whether this build holds a kernel image the current device can run (its SASS, or PTX the
+// driver compiles): builds without a GPU target sm_80 and sm_90 + PTX only (setup.py).
+bool has_kernel_image();
+
 void launch_fused_forward(const at::Tensor& input, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias, const at::Tensor& out, bool pool,
                           bool round_before_bias);
