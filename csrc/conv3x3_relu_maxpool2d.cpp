@@ -78,7 +78,10 @@ bool stock_conv_uses_cudnn(const at::Tensor& input) {
 at::Tensor empty_output(const at::Tensor& input, const at::Tensor& weight, bool pool) {
   // The stock conv returns channels_last when the input or the weight is, but on CUDA only
   // where cuDNN computes it (enabled; it turns NHWC off for float64); ReLU and the pool keep
-  // it. stock_conv.py's output_memory_format makes the same choice for the fake kernels.
+  // it. stock_conv.py's output_memory_format makes the same choice for the fake kernels. The
+  // current device must be the input's (cuDNN's bfloat16 support is read from it).
+  TORCH_CHECK(input.dim() == 4 && weight.dim() == 4, "empty_output: expected 4-D input and ",
+              "weight, got shapes ", input.sizes(), " and ", weight.sizes());
   const bool nhwc_possible = !input.is_cuda() ||
                              (stock_conv_uses_cudnn(input) && input.scalar_type() != at::kDouble);
   const bool channels_last = nhwc_possible &&

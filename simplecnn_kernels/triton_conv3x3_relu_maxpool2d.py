@@ -414,8 +414,9 @@ def forward(
     """The fused op on a 4-D input (checked by the op): conv3x3_relu_maxpool2d, or with `pool`
     False conv3x3_relu2d. `kernel` ("dot" or "fma") overrides `choose_kernel` and `config` (one
     of CONFIGS) autotuning, for tests and benchmarks."""
-    out = torch.ops.simplecnn._empty_output(input, weight, pool)  # stock_conv's layout rule
-    return _launch(input, weight, bias, out, None, kernel, pool, config)
+    with _on_device(input):
+        out = torch.ops.simplecnn._empty_output(input, weight, pool)  # stock_conv's layout rule
+        return _launch(input, weight, bias, out, None, kernel, pool, config)
 
 
 def conv_grad(
@@ -438,7 +439,13 @@ def conv_grad(
     )
     if h % 2 or w % 2:  # the last row or column gets no gradient; the kernel writes the rest
         out.zero_()
-    return _launch(input, weight, bias, out, grad_output, kernel, config=config)
+    with _on_device(input):
+        return _launch(input, weight, bias, out, grad_output, kernel, config=config)
+
+
+def _on_device(t: torch.Tensor):
+    """The block runs with `t`'s GPU current (Triton launches on the current one), if on one."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _conv_rounds_before_bias(device: torch.device, dtype: torch.dtype) -> bool:
@@ -468,6 +475,8 @@ def _launcher(key: tuple[str, str], tuning_key: tuple, config: triton.Config | N
 
 
 def _launch(input, weight, bias, out, grad_output, kernel, pool=True, config=None):
+    """Launches `kernel` (None: choose_kernel's) into `out`, with the input's GPU current
+    (the callers' _on_device)."""
     n, c_in, h, w = input.shape
     c_out = weight.shape[0]
     # The pool windows: pooled, the output's pixels; unpooled, those that cover the output.
@@ -485,24 +494,23 @@ def _launch(input, weight, bias, out, grad_output, kernel, pool=True, config=Non
 
     b = bias if bias is not None else out  # never read without HAS_BIAS
     g = grad_output if grad_output is not None else out  # never read in the forward
-    with torch.cuda.device(input.device) if input.is_cuda else contextlib.nullcontext():
-        launcher, meta = _launcher(key, tuning_key, config)
-        launcher[grid](
-            input, weight, b, out,
-            c_in, h, w, c_out, ho, wo,
-            *input.stride(),
-            *weight.stride(),
-            b.stride(0),
-            *out.stride(),
-            g, *g.stride(),
-            n_bucket,
-            HAS_BIAS=bias is not None,
-            CONV_GRAD=grad_output is not None,
-            ROUND_BEFORE_BIAS=_conv_rounds_before_bias(input.device, input.dtype),
-            POOL=pool,
-            **({"UPCAST": INTERPRETED} if kernel == "dot" else {}),
-            **meta,
-        )  # fmt: skip
-        if launcher is not _JIT[kernel] and getattr(launcher, "best_config", None) is not None:
-            _TUNED[(key, tuning_key)] = launcher.best_config  # the config it launched
+    launcher, meta = _launcher(key, tuning_key, config)
+    launcher[grid](
+        input, weight, b, out,
+        c_in, h, w, c_out, ho, wo,
+        *input.stride(),
+        *weight.stride(),
+        b.stride(0),
+        *out.stride(),
+        g, *g.stride(),
+        n_bucket,
+        HAS_BIAS=bias is not None,
+        CONV_GRAD=grad_output is not None,
+        ROUND_BEFORE_BIAS=_conv_rounds_before_bias(input.device, input.dtype),
+        POOL=pool,
+        **({"UPCAST": INTERPRETED} if kernel == "dot" else {}),
+        **meta,
+    )  # fmt: skip
+    if launcher is not _JIT[kernel] and getattr(launcher, "best_config", None) is not None:
+        _TUNED[(key, tuning_key)] = launcher.best_config  # the config it launched
     return out
