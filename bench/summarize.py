@@ -27,7 +27,9 @@ def step_lines(log: Path) -> list[str]:
     """The steps that failed, from gpu_check.sh's "== NAME: exit RC" lines."""
     if not log.exists():
         return ["- no log.txt: no step ran"]
-    steps = re.findall(r"^== (\S+): exit (\d+)$", log.read_text(errors="replace"), re.M)
+    # Not anchored at the line's start: a step cut off mid-line (pytest's dots, run.py's
+    # "... " before a case's time) leaves its marker after that output.
+    steps = re.findall(r"== (\S+): exit (\d+)$", log.read_text(errors="replace"), re.M)
     failed = [
         f"- {name}: " + ("out of time" if int(rc) in OUT_OF_TIME else f"exit {rc}")
         for name, rc in steps
@@ -184,7 +186,7 @@ def train_lines(train: dict) -> list[str]:
     for m in train["memory"]:
         kept, peak = m["saved_for_backward_bytes"] / 2**20, m["peak_step_bytes"] / 2**20
         lines.append(
-            f"| {m['model']} memory | {m['batch']} | kept {kept:.0f} MB, peak {peak:.0f} MB | |"
+            f"| {m['model']} memory | {m['batch']} | kept {kept:.0f} MiB, peak {peak:.0f} MiB | |"
         )
     return lines
 

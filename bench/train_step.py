@@ -144,7 +144,7 @@ def run(args) -> None:
             f"| {r['batch']} | {r['model']} | {step_ms} | {r['speedup']:.2f} | "
             f"{'' if vs_compiled is None else f'{vs_compiled:.2f}'} | {r['images_per_s']:,.0f} |"
         )
-    print("\n| batch | model | kept for backward (MB) | peak added by a step (MB) |")
+    print("\n| batch | model | kept for backward (MiB) | peak added by a step (MiB) |")
     print("|---|---|---|---|")
     for m in memory:
         print(
