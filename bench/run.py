@@ -193,6 +193,9 @@ def layer_case(device, dtype, case, batch, compile_mode):
 
         # The multiply-add kernel too, to check the choice of the tensor-core one.
         fused["fused triton (fma kernel)"] = lambda: tk.forward(x, w, b, kernel="fma", pool=pooled)
+    if device == "cuda" and len(fused_backends(device, dtype)) > 1:
+        # What a user gets without naming a backend (the choice depends on the call's size).
+        fused["fused (default backend)"] = lambda: op(x, w, b)
     ref = stock(x.double(), w.double(), b.double())
     errors = {name: rel_err(fn(), ref) for name, fn in fused.items()}
     providers.update(fused)

@@ -165,6 +165,8 @@ def _unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype) 
             return "it runs on CUDA tensors only"
         if torch.cuda.is_available():  # (fake CUDA tensors on machines without a GPU: no check)
             index = device.index if device.index is not None else torch.cuda.current_device()
+            if index >= torch.cuda.device_count():
+                return f"there is no CUDA device {index}"
             if not _cuda_kernel_runs_on(index):
                 major, minor = torch.cuda.get_device_capability(index)
                 return (

@@ -175,6 +175,23 @@ def test_small_cuda_calls_default_to_the_cuda_kernel(monkeypatch):
     assert sk.ops.resolve_backend(None, cuda, small_call=True) == "triton"
 
 
+def test_cuda_backend_unavailable_without_a_kernel_image_for_the_gpu(monkeypatch):
+    # A build made without a GPU holds sm_80 and sm_90 + PTX: on an older GPU the CUDA kernel
+    # cannot run, the backend says so (and small calls take Triton). GPU faked here.
+    if not sk.ops._cuda_kernel_built():
+        pytest.skip("this build has no CUDA kernel")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (7, 5))
+    monkeypatch.setattr(sk.ops, "_cuda_kernel_runs_on", lambda index: False)
+    reason = sk.ops._unavailable_reason("cuda", torch.device("cuda", 0), torch.float32)
+    assert "no kernel image for Tesla T4 (sm_75)" in reason
+    assert "no CUDA device 3" in sk.ops._unavailable_reason("cuda", torch.device("cuda", 3), None)
+    monkeypatch.setattr(sk.ops, "_cuda_kernel_runs_on", lambda index: True)
+    assert sk.ops._unavailable_reason("cuda", torch.device("cuda", 0), torch.float32) is None
+
+
 def test_reference_backend_is_the_stock_composition(op):
     x, w, b = make_inputs(2, 3, 18, 32, 32)
     expected = F.relu(F.conv2d(x, w, b, stride=1, padding=1))  # written out: stock_composition

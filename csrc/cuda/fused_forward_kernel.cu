@@ -166,10 +166,11 @@ bool has_kernel_image() {
   cudaFuncAttributes attributes;
   const cudaError_t error = cudaFuncGetAttributes(&attributes,
                                                   fused_forward_kernel<float, float, true>);
-  if (error != cudaSuccess) {
-    (void)cudaGetLastError();  // not sticky: clear it, so later CUDA calls do not report it
+  if (error == cudaErrorNoKernelImageForDevice || error == cudaErrorInvalidDeviceFunction) {
+    (void)cudaGetLastError();  // not sticky: cleared, so later CUDA calls do not report it
     return false;
   }
+  C10_CUDA_CHECK(error);  // anything else (a driver too old for the PTX, ...) is an error
   return true;
 }
 
