@@ -82,7 +82,9 @@ step memcheck 35 "${sanitizer[@]}" --tool memcheck $PY bench/sanitize_case.py cu
 step racecheck 20 "${sanitizer[@]}" --tool racecheck $PY bench/sanitize_case.py cuda triton
 
 # Host time per call at batch 1 (launch-bound), and where the Triton op's Python time goes.
-step launch 25 $PY bench/launch_overhead.py --device cuda
+# Autotuning off: tuned shapes launch the same way (_TUNED), without compiling every config
+# of both kernels first (the step ran out of 15 s on the H200 with it on).
+step launch 25 env SIMPLECNN_TRITON_AUTOTUNE=0 $PY bench/launch_overhead.py --device cuda --calls 200
 
 # The targets: batch 4096, fp32 and bf16, against every stock variant (eager,
 # channels_last, cudnn.benchmark, torch.compile max-autotune: two max-autotune compiles).
