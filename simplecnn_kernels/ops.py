@@ -12,9 +12,9 @@ values instead of their max). Their schemas are registered in C++
 - autograd.
 
 Backends: ``"cpu"`` (the C++ kernel in csrc/cpu), ``"triton"`` (triton_conv3x3_relu_maxpool2d.py,
-when triton is installed; the default on CUDA from 1 GFLOP per call), ``"cuda"`` (the CUDA C++
-kernel in csrc/cuda, when built; the default on CUDA for smaller calls) and ``"reference"``
-(the stock PyTorch composition).
+when triton is installed; the default on CUDA but for small calls), ``"cuda"`` (the CUDA C++
+kernel in csrc/cuda, when built; the default on CUDA for small calls: _small_cuda_call) and
+``"reference"`` (the stock PyTorch composition).
 """
 
 from __future__ import annotations
@@ -361,7 +361,7 @@ def _forward(
     input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
 ) -> Tensor:
     _check_inputs(input, weight, bias)
-    small = input.is_cuda and _small_cuda_call(input, weight)
+    small = backend is None and input.is_cuda and _small_cuda_call(input, weight)
     backend = resolve_backend(backend, input.device, input.dtype, small_call=small)
     if input.dim() == 3:  # stock max-pool returns unbatched results contiguous, whatever the conv's
         return _unbatched(
@@ -381,7 +381,7 @@ def _forward_unpooled(
     input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
 ) -> Tensor:
     _check_inputs(input, weight, bias, pool=False)
-    small = input.is_cuda and _small_cuda_call(input, weight)
+    small = backend is None and input.is_cuda and _small_cuda_call(input, weight)
     backend = resolve_backend(backend, input.device, input.dtype, "conv3x3_relu2d", small)
     if input.dim() == 3:  # as the stock conv: the batched result's layout, batch squeezed out
         return _unbatched(_run_backend(backend, input.unsqueeze(0), weight, bias, False))
