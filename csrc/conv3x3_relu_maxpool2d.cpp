@@ -28,13 +28,14 @@ static std::string dtype_name(at::ScalarType t) {
 }
 
 void check_inputs(const at::Tensor& input, const at::Tensor& weight,
-                  const std::optional<at::Tensor>& bias, bool pool) {
+                  const std::optional<at::Tensor>& bias, bool pool, bool unbatched_ok) {
   const char* op = pool ? "conv3x3_relu_maxpool2d" : "conv3x3_relu2d";
-  TORCH_CHECK(input.dim() == 4, op, ": expected input of shape (N, C_in, H, W), got shape ",
-              input.sizes());
+  const bool input_dims_ok = input.dim() == 4 || (unbatched_ok && input.dim() == 3);
+  TORCH_CHECK(input_dims_ok, op, ": expected input of shape (N, C_in, H, W)",
+              unbatched_ok ? " or (C_in, H, W)" : "", ", got shape ", input.sizes());
   TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3, op,
               ": expected weight of shape (C_out, C_in, 3, 3), got shape ", weight.sizes());
-  TORCH_CHECK(input.size(1) == weight.size(1), op, ": input has ", input.size(1),
+  TORCH_CHECK(input.size(-3) == weight.size(1), op, ": input has ", input.size(-3),
               " channels but weight expects C_in=", weight.size(1), " (weight shape ",
               weight.sizes(), ")");
   TORCH_CHECK(weight.size(0) > 0 && weight.size(1) > 0, op,
@@ -58,10 +59,10 @@ void check_inputs(const at::Tensor& input, const at::Tensor& weight,
               input.device(), ", weight ", weight.device(), ", bias ",
               bias.has_value() ? bias->device().str() : "None");
   if (pool) {
-    TORCH_CHECK(input.size(2) >= 2 && input.size(3) >= 2, op,
+    TORCH_CHECK(input.size(-2) >= 2 && input.size(-1) >= 2, op,
                 ": the 2x2 max-pool needs H >= 2 and W >= 2, got input shape ", input.sizes());
   } else {
-    TORCH_CHECK(input.size(2) >= 1 && input.size(3) >= 1, op,
+    TORCH_CHECK(input.size(-2) >= 1 && input.size(-1) >= 1, op,
                 ": the conv needs H >= 1 and W >= 1, got input shape ", input.sizes());
   }
 }
@@ -97,14 +98,20 @@ at::Tensor empty_output(const at::Tensor& input, const at::Tensor& weight, bool 
 }  // namespace simplecnn
 
 TORCH_LIBRARY(simplecnn, m) {
-  // The public op. `backend` None picks the best backend for the tensors' device; its device
-  // implementations, fake kernel and autograd are registered in simplecnn_kernels/ops.py.
+  // The public op. `backend` None picks the best backend for the tensors' device. Its device
+  // implementation, fake kernel and autograd are registered in simplecnn_kernels/ops.py, but
+  // for CPU tensors, whose kernel is forward_cpu (csrc/cpu).
   m.def(
       "conv3x3_relu_maxpool2d(Tensor input, Tensor weight, Tensor? bias=None, *, "
       "str? backend=None) -> Tensor");
   // The sibling op without the pool: relu(conv2d(input, weight, bias, padding=1)).
   m.def(
       "conv3x3_relu2d(Tensor input, Tensor weight, Tensor? bias=None, *, str? backend=None) "
+      "-> Tensor");
+  // ops.py's implementation of both public ops (`pool` choosing which), for forward_cpu to run
+  // the backends it leaves to Python.
+  m.def(
+      "_forward_by_backend(Tensor input, Tensor weight, Tensor? bias, bool pool, str? backend) "
       "-> Tensor");
   // The compiled kernels ("cpu" and "cuda" backends) of both, `pool` choosing which: 4-D input
   // only, no autograd.

@@ -2,7 +2,8 @@
 // the CPU and CUDA kernels.
 //
 // The public ops (schemas in conv3x3_relu_maxpool2d.cpp) are dispatched in Python
-// (simplecnn_kernels/ops.py), which picks a backend. Their compiled backends are the device
+// (simplecnn_kernels/ops.py), which picks a backend, but on CPU tensors, where forward_cpu
+// (csrc/cpu) runs the default "cpu" backend itself. Their compiled backends are the device
 // kernels of the private op simplecnn::_fused_forward (CPU: fused_forward_cpu, declared here;
 // CUDA: csrc/cuda/), and on the CPU _fused_backward and _conv_grad for their gradients.
 #pragma once
@@ -23,11 +24,13 @@ static_assert(std::is_same_v<at::opmath_type<at::Half>, float> &&
               std::is_same_v<at::opmath_type<double>, double>);
 
 // Throws c10::Error (a Python RuntimeError) naming the problem and the op (pooled or not) unless
-// `input` is 4-D (N, C_in, H, W) with H, W >= 2 (unpooled: >= 1), `weight` is (C_out, C_in, 3, 3)
-// with C_out, C_in > 0, `bias` is (C_out,) or absent, and all are floating-point tensors of one
-// dtype on one device. Mirrors _check_inputs in ops.py.
+// `input` is 4-D (N, C_in, H, W) (with `unbatched_ok` also 3-D (C_in, H, W)) with H, W >= 2
+// (unpooled: >= 1), `weight` is (C_out, C_in, 3, 3) with C_out, C_in > 0, `bias` is (C_out,) or
+// absent, and all are floating-point tensors of one dtype on one device. Mirrors _check_inputs
+// in ops.py.
 void check_inputs(const at::Tensor& input, const at::Tensor& weight,
-                  const std::optional<at::Tensor>& bias, bool pool = true);
+                  const std::optional<at::Tensor>& bias, bool pool = true,
+                  bool unbatched_ok = false);
 
 // Whether the stock conv on `input` is cuDNN's (CUDA, cuDNN present and enabled; bfloat16 from
 // sm_80 on), whose output layout and rounding the kernels follow there. Mirrors

@@ -7,7 +7,8 @@ values instead of their max). Their schemas are registered in C++
 (csrc/conv3x3_relu_maxpool2d.cpp); this module gives them the rest:
 
 - the argument checks (the same messages as the C++ checks, which guard the compiled kernels),
-- the device implementation, which picks a backend and runs it,
+- the device implementation, which picks a backend and runs it (on CPU tensors the C++ kernel
+  forward_cpu runs the default "cpu" backend itself and comes here for the others),
 - the fake (meta) kernel, so ``torch.compile`` and ``torch.export`` keep the op as one node,
 - autograd.
 
@@ -356,36 +357,39 @@ def _run_backend(
 # --- the ops' implementations ------------------------------------------------------------------
 
 
-@torch.library.register_kernel(_OP_NAME, None)  # every device: the backend decides what runs
+def _forward_by_backend(
+    input: Tensor, weight: Tensor, bias: Tensor | None, pool: bool, backend: str | None
+) -> Tensor:
+    """Both ops (`pool` choosing which) on any device: checks, picks the backend, runs it."""
+    _check_inputs(input, weight, bias, pool)
+    small = backend is None and input.is_cuda and _small_cuda_call(input, weight)
+    backend = resolve_backend(backend, input.device, input.dtype, _op_name(pool), small)
+    if input.dim() == 4:
+        return _run_backend(backend, input, weight, bias, pool)
+    out = _run_backend(backend, input.unsqueeze(0), weight, bias, pool)
+    # Unbatched: the stock max-pool returns it contiguous, whatever the conv's layout; the stock
+    # conv the batched result's layout, batch squeezed out. Not as a view: autograd would refuse
+    # in-place changes of a custom op's view output, which stock allows.
+    return (out.contiguous() if pool else out).squeeze(0).detach()
+
+
+# The ops' implementation for every device but the CPU, whose kernel (csrc/cpu, forward_cpu)
+# runs the "cpu" backend without Python and calls _forward_by_backend for the others.
+torch.library.register_kernel("simplecnn::_forward_by_backend", None)(_forward_by_backend)
+
+
+@torch.library.register_kernel(_OP_NAME, None)
 def _forward(
     input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
 ) -> Tensor:
-    _check_inputs(input, weight, bias)
-    small = backend is None and input.is_cuda and _small_cuda_call(input, weight)
-    backend = resolve_backend(backend, input.device, input.dtype, small_call=small)
-    if input.dim() == 3:  # stock max-pool returns unbatched results contiguous, whatever the conv's
-        return _unbatched(
-            _run_backend(backend, input.unsqueeze(0), weight, bias, True).contiguous()
-        )
-    return _run_backend(backend, input, weight, bias, True)
-
-
-def _unbatched(out: Tensor) -> Tensor:
-    """`out` without its batch of one, not as a view (autograd would refuse in-place changes
-    of a custom op's view output, which stock allows)."""
-    return out.squeeze(0).detach()
+    return _forward_by_backend(input, weight, bias, True, backend)
 
 
 @torch.library.register_kernel(_UNPOOLED_OP_NAME, None)
 def _forward_unpooled(
     input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
 ) -> Tensor:
-    _check_inputs(input, weight, bias, pool=False)
-    small = backend is None and input.is_cuda and _small_cuda_call(input, weight)
-    backend = resolve_backend(backend, input.device, input.dtype, "conv3x3_relu2d", small)
-    if input.dim() == 3:  # as the stock conv: the batched result's layout, batch squeezed out
-        return _unbatched(_run_backend(backend, input.unsqueeze(0), weight, bias, False))
-    return _run_backend(backend, input, weight, bias, False)
+    return _forward_by_backend(input, weight, bias, False, backend)
 
 
 @torch.library.register_fake(_OP_NAME)

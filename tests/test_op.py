@@ -150,6 +150,22 @@ def test_default_backend_on_cpu_is_the_cpp_kernel():
     assert "cpu" in sk.available_backends() and "reference" in sk.available_backends()
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 6, 6), (3, 6, 6)], ids=["batched", "unbatched"])
+def test_cpu_backend_runs_without_python(op, shape, monkeypatch):
+    # The CPU kernel of the public ops runs the "cpu" backend in C++ (forward_cpu); only the
+    # other backends come back to ops.py.
+    def python_dispatch(*args):
+        raise AssertionError("ops.py dispatched a cpu-backend call")
+
+    monkeypatch.setattr(sk.ops, "_run_backend", python_dispatch)
+    x, w, b = torch.randn(shape), torch.randn(4, 3, 3, 3), torch.randn(4)
+    expected = stock_composition(x, w, b, op == "pooled")
+    for backend in (None, "cpu"):
+        torch.testing.assert_close(FUSED[op](x, w, b, backend=backend), expected)
+    with pytest.raises(AssertionError, match="ops.py dispatched"):
+        FUSED[op](x, w, b, backend="reference")
+
+
 def test_small_cuda_calls_default_to_the_cuda_kernel(monkeypatch):
     # Small: under 1 GFLOP and at most 64 input channels (where it was timed).
     small = sk.ops._small_cuda_call

@@ -1,4 +1,5 @@
-// The CPU kernel of simplecnn::_fused_forward: the op's entry, which runs a FusedForward call
+// The CPU kernels of the public ops (forward_cpu: the "cpu" backend without Python) and of
+// simplecnn::_fused_forward, the kernel's entry, which runs a FusedForward call
 // (forward.h: the algorithm is picked per call, forward_algorithm.h; each algorithm's driver in
 // forward_direct.h, forward_winograd.h, forward_implicit_gemm.h) with the kernels of the
 // current instruction-set level (kernel_table.h), and the private ops that report and set the
@@ -17,6 +18,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/tensor.h>
 #include <torch/library.h>
 
@@ -122,6 +124,40 @@ at::Tensor fused_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   return out;
 }
 
+// The public ops on CPU tensors. Their default backend there, "cpu", runs without Python: at
+// batch 1 ops.py's dispatch took as long as the kernel (11 of 21 us for the seed layer). Other
+// backends go to ops.py (simplecnn::_forward_by_backend), which checks the arguments first too.
+at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias,
+                       std::optional<c10::string_view> backend, bool pool) {
+  if (backend.has_value() && *backend != "cpu") {
+    static const auto by_backend = c10::Dispatcher::singleton()
+                                       .findSchemaOrThrow("simplecnn::_forward_by_backend", "")
+                                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                                         const std::optional<at::Tensor>&, bool,
+                                                         std::optional<c10::string_view>)>();
+    return by_backend.call(input, weight, bias, pool, backend);
+  }
+  check_inputs(input, weight, bias, pool, /*unbatched_ok=*/true);
+  if (input.dim() == 4) return fused_forward_cpu(input, weight, bias, pool);
+  // Unbatched, as ops.py's _forward_by_backend: not a view; the pooled result contiguous, as stock
+  // max-pool returns it.
+  const at::Tensor out = fused_forward_cpu(input.unsqueeze(0), weight, bias, pool);
+  return (pool ? out.contiguous() : out).squeeze(0).detach();
+}
+
+at::Tensor conv3x3_relu_maxpool2d_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                      const std::optional<at::Tensor>& bias,
+                                      std::optional<c10::string_view> backend) {
+  return forward_cpu(input, weight, bias, backend, /*pool=*/true);
+}
+
+at::Tensor conv3x3_relu2d_cpu(const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias,
+                              std::optional<c10::string_view> backend) {
+  return forward_cpu(input, weight, bias, backend, /*pool=*/false);
+}
+
 }  // namespace simplecnn
 
 TORCH_LIBRARY_FRAGMENT(simplecnn, m) {
@@ -145,6 +181,8 @@ TORCH_LIBRARY_FRAGMENT(simplecnn, m) {
 }
 
 TORCH_LIBRARY_IMPL(simplecnn, CPU, m) {
+  m.impl("conv3x3_relu_maxpool2d", &simplecnn::conv3x3_relu_maxpool2d_cpu);
+  m.impl("conv3x3_relu2d", &simplecnn::conv3x3_relu2d_cpu);
   m.impl("_fused_forward", &simplecnn::fused_forward_cpu);
   m.impl("_cpu_algorithm", &simplecnn::cpu::cpu_algorithm);
   m.impl("_cpu_work_items", &simplecnn::cpu::cpu_work_items);
