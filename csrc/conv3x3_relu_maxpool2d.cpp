@@ -99,8 +99,8 @@ at::Tensor empty_output(const at::Tensor& input, const at::Tensor& weight, bool 
 
 TORCH_LIBRARY(simplecnn, m) {
   // The public op. `backend` None picks the best backend for the tensors' device. Its device
-  // implementation, fake kernel and autograd are registered in simplecnn_kernels/ops.py, but
-  // for CPU tensors, whose kernel is forward_cpu (csrc/cpu).
+  // implementation and fake kernel are registered in simplecnn_kernels/ops.py, but for CPU
+  // tensors, whose kernel is forward_cpu (csrc/cpu); its autograd in csrc/autograd.cpp.
   m.def(
       "conv3x3_relu_maxpool2d(Tensor input, Tensor weight, Tensor? bias=None, *, "
       "str? backend=None) -> Tensor");

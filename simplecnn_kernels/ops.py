@@ -10,7 +10,8 @@ values instead of their max). Their schemas are registered in C++
 - the device implementation, which picks a backend and runs it (on CPU tensors the C++ kernel
   forward_cpu runs the default "cpu" backend itself and comes here for the others),
 - the fake (meta) kernel, so ``torch.compile`` and ``torch.export`` keep the op as one node,
-- autograd.
+- the CUDA kernel of the conv-output gradient the backward takes; autograd is C++
+  (csrc/autograd.cpp).
 
 Backends: ``"cpu"`` (the C++ kernel in csrc/cpu), ``"triton"`` (triton_conv3x3_relu_maxpool2d.py,
 when triton is installed; the default on CUDA but for small calls), ``"cuda"`` (the CUDA C++
@@ -424,115 +425,8 @@ def _forward_unpooled_fake(
 
 
 # --- autograd ----------------------------------------------------------------------------------
-#
-# Nothing is kept from the forward pass but its inputs: the backward recomputes where each
-# window's gradient goes (the stock max-pool's first maximum, or its last NaN; nothing where
-# ReLU zeroes the maximum). Narrow layers on the CPU get all three gradients from one fused
-# kernel without any full-size tensor; otherwise a kernel writes the gradient of the conv output
-# (full-size) and the library's conv backward (oneDNN, cuDNN) takes it from there.
-
-# Below this many input channels the fused CPU backward beats the conv-gradient route
-# (measured on the project's 2-core AVX2 machine: 3.9x at 3->18, even at 16->16).
-_FUSED_BACKWARD_MAX_CHANNELS = 16
-
-
-def _grad_mask(ctx, bias) -> list[bool]:
-    """Which of the input, weight and bias gradients the backward must compute."""
-    return [
-        ctx.needs_input_grad[0],
-        ctx.needs_input_grad[1],
-        bias is not None and ctx.needs_input_grad[2],
-    ]
-
-
-def _conv_backward(grad_conv: Tensor, input: Tensor, weight: Tensor, bias, mask):
-    """The library's conv backward (oneDNN, cuDNN) from the gradient of the conv output, 4-D."""
-    return torch.ops.aten.convolution_backward(
-        grad_conv,
-        input,
-        weight,
-        None if bias is None else [bias.shape[0]],
-        [1, 1],
-        [1, 1],
-        [1, 1],
-        False,
-        [0, 0],
-        1,
-        mask,
-    )
-
-
-def _setup_context(ctx, inputs, keyword_only_inputs, output) -> None:
-    input, weight, bias = inputs
-    ctx.save_for_backward(input, weight, bias)
-    ctx.backend = resolve_backend(keyword_only_inputs.get("backend"), input.device, input.dtype)
-
-
-def _backward(ctx, grad_output: Tensor):
-    input, weight, bias = ctx.saved_tensors
-    mask = _grad_mask(ctx, bias)
-    unbatched = input.dim() == 3
-    if unbatched:
-        input, grad_output = input.unsqueeze(0), grad_output.unsqueeze(0)
-    # Under create_graph the backward itself must be differentiable: the stock ops are, the
-    # kernels are not.
-    differentiable = torch.is_grad_enabled()
-    if (
-        ctx.backend == "cpu"
-        and input.shape[1] < _FUSED_BACKWARD_MAX_CHANNELS
-        and not differentiable
-    ):
-        grad_input, grad_weight, grad_bias = torch.ops.simplecnn._fused_backward(
-            grad_output, input, weight, bias, mask
-        )
-    else:
-        if ctx.backend == "reference" or differentiable:
-            grad_conv = _conv_grad_reference(grad_output, input, weight, bias)
-        else:
-            grad_conv = torch.ops.simplecnn._conv_grad(grad_output, input, weight, bias)
-        grad_input, grad_weight, grad_bias = _conv_backward(grad_conv, input, weight, bias, mask)
-    if unbatched and grad_input is not None:
-        grad_input = grad_input.squeeze(0)
-    return grad_input, grad_weight, grad_bias
-
-
-torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)
-
-
-# conv3x3_relu2d keeps its output, as the stock ReLU does, and takes the stock backward from
-# there: ReLU's threshold_backward, then the library's conv backward.
-def _setup_context_unpooled(ctx, inputs, keyword_only_inputs, output) -> None:
-    input, weight, bias = inputs
-    ctx.save_for_backward(input, weight, bias, output)
-
-
-def _backward_unpooled(ctx, grad_output: Tensor):
-    input, weight, bias, output = ctx.saved_tensors
-    grad_conv = torch.ops.aten.threshold_backward(grad_output, output, 0)
-    unbatched = input.dim() == 3
-    if unbatched:
-        input, grad_conv = input.unsqueeze(0), grad_conv.unsqueeze(0)
-    grad_input, grad_weight, grad_bias = _conv_backward(
-        grad_conv, input, weight, bias, _grad_mask(ctx, bias)
-    )
-    if unbatched and grad_input is not None:
-        grad_input = grad_input.squeeze(0)
-    return grad_input, grad_weight, grad_bias
-
-
-torch.library.register_autograd(
-    _UNPOOLED_OP_NAME, _backward_unpooled, setup_context=_setup_context_unpooled
-)
-
-
-def _conv_grad_reference(grad_output: Tensor, input: Tensor, weight: Tensor, bias) -> Tensor:
-    """_conv_grad through the stock ops: recompute the conv, route as max-pool and ReLU do."""
-    activated = F.relu(F.conv2d(input, weight, bias, stride=1, padding=1))
-    _, indices = F.max_pool2d(activated, 2, 2, return_indices=True)
-    grad_activated = torch.ops.aten.max_pool2d_with_indices_backward(
-        grad_output, activated, [2, 2], [2, 2], [0, 0], [1, 1], False, indices
-    )
-    return torch.ops.aten.threshold_backward(grad_activated, activated, 0)
+# In C++ (csrc/autograd.cpp), so that CPU calls run no Python; here only the CUDA kernel of the
+# conv-output gradient its backward takes (Triton's, else the stock ops').
 
 
 @torch.library.register_kernel("simplecnn::_conv_grad", "cuda")
@@ -541,7 +435,7 @@ def _conv_grad_cuda(grad_output: Tensor, input: Tensor, weight: Tensor, bias) ->
         from . import triton_conv3x3_relu_maxpool2d as triton_kernel
 
         return triton_kernel.conv_grad(grad_output, input, weight, bias)
-    grad = _conv_grad_reference(grad_output, input, weight, bias)
+    grad = torch.ops.simplecnn._conv_grad_stock(grad_output, input, weight, bias)
     return grad.contiguous(memory_format=conv_grad_memory_format(input, weight))
 
 

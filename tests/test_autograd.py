@@ -43,7 +43,11 @@ def _nonfinite_reference_grads(x, w, b, grad_out, pool=True):
         )
         return tuple(None if g is None else g.to(x.dtype) for g in grads)
     grad_conv = reference_conv_grad(x, w, b, grad_out, pool).to(device=x.device, dtype=x.dtype)
-    return sk.ops._conv_backward(grad_conv, x, w, b, [True, True, b is not None])
+    bias_sizes = None if b is None else [b.shape[0]]
+    mask = [True, True, b is not None]
+    return torch.ops.aten.convolution_backward(
+        grad_conv, x, w, bias_sizes, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask
+    )
 
 
 def _fused_grads(x, w, b, grad_out, backend, mask=(True, True, True)):
