@@ -62,7 +62,7 @@ def conv3x3_relu_maxpool2d(
         >>> conv3x3_relu_maxpool2d(x, w, b).shape
         torch.Size([8, 18, 16, 16])
     """
-    if torch.onnx.is_in_onnx_export():  # see "ONNX" below
+    if _in_onnx_export(input):  # see "ONNX" below
         return _STOCK["conv3x3_relu_maxpool2d"](input, weight, bias, backend=backend)
     return torch.ops.simplecnn.conv3x3_relu_maxpool2d(input, weight, bias, backend=backend)
 
@@ -83,7 +83,7 @@ def conv3x3_relu2d(
     Returns:
         (N, C_out, H, W) (or without N), in the input's dtype.
     """
-    if torch.onnx.is_in_onnx_export():  # see "ONNX" below
+    if _in_onnx_export(input):  # see "ONNX" below
         return _STOCK["conv3x3_relu2d"](input, weight, bias, backend=backend)
     return torch.ops.simplecnn.conv3x3_relu2d(input, weight, bias, backend=backend)
 
@@ -505,6 +505,19 @@ for _op in ("conv3x3_relu_maxpool2d", "conv3x3_relu2d"):
 # torch._decomp's global table, which the ONNX exporter would also read: Inductor refuses to
 # compile an op that has one when the environment sets CI (torch/_inductor/lowering.py,
 # make_fallback). A program exported beforehand lowers with run_decompositions(decompositions()).
+
+
+def _in_onnx_export(input: Tensor) -> bool:
+    """torch.onnx.is_in_onnx_export(), asked only where an exporter can be tracing: under Dynamo
+    (strict torch.export), jit tracing (the TorchScript exporter) or on a tensor subclass
+    (FakeTensor: non-strict torch.export). It costs a microsecond, its imports, on every call."""
+    if (
+        type(input) is Tensor
+        and not torch.compiler.is_compiling()
+        and torch._C._get_tracing_state() is None
+    ):
+        return False
+    return torch.onnx.is_in_onnx_export()
 
 
 def _stock_under_onnx_export(op_name: str, pool: bool):

@@ -68,6 +68,23 @@ def test_onnx_export_gives_standard_ops_matching_pytorch(name, dynamic):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_torchscript_exporter_gives_standard_ops(tmp_path):
+    # The legacy exporter (dynamo=False) traces with torch.jit: the ops see plain tensors, not
+    # under Dynamo, so the public functions must notice the jit tracing state.
+    model = _model("fused-CifarVGG")
+    x = torch.randn(2, 3, 32, 32)
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False)
+    proto = onnx.load(str(path))
+    op_types = [n.op_type for n in proto.graph.node]
+    assert {"Conv", "Relu", "MaxPool"} <= set(op_types) <= STANDARD_OPS, op_types
+    assert op_types.count("Conv") == 5 and op_types.count("MaxPool") == 4
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_eager_compile_and_export_keep_the_ops():
     model = _model("fused-CifarVGG")
     x = torch.randn(4, 3, 32, 32)
