@@ -71,10 +71,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(const at::Tensor& g
                                                              const at::Tensor& weight,
                                                              const std::optional<at::Tensor>& bias,
                                                              std::array<bool, 3> mask) {
-  const at::OptionalIntArrayRef bias_sizes =
-      bias.has_value() ? at::OptionalIntArrayRef(weight.sizes().slice(0, 1)) : std::nullopt;
-  return at::convolution_backward(grad_conv, input, weight, bias_sizes, {1, 1}, {1, 1}, {1, 1},
-                                  false, {0, 0}, 1, mask);
+  // Symbolic sizes: under torch.compile a plain size() would specialize the traced shapes.
+  const at::OptionalSymIntArrayRef bias_sizes =
+      bias.has_value() ? at::OptionalSymIntArrayRef(weight.sym_sizes().slice(0, 1)) : std::nullopt;
+  return at::convolution_backward_symint(grad_conv, input, weight, bias_sizes, {1, 1}, {1, 1},
+                                         {1, 1}, false, {0, 0}, 1, mask);
 }
 
 // _conv_grad through the stock ops, differentiable: recompute the conv, route the gradient as
@@ -88,12 +89,20 @@ at::Tensor conv_grad_stock(const at::Tensor& grad_output, const at::Tensor& inpu
   return at::threshold_backward(grad_activated, activated, 0);
 }
 
+// The backend a call with backend None takes, as far as the backward cares: "cpu" on CPU
+// tensors, "gpu" (Triton or CUDA C++: the _conv_grad op's CUDA kernel picks) on CUDA ones, the
+// stock composition elsewhere (ops.py: no fused kernel there).
+const char* default_backend(const at::Tensor& input) {
+  if (input.is_cpu()) return "cpu";
+  return input.is_cuda() ? "gpu" : "reference";
+}
+
 class PooledFunction : public torch::autograd::Function<PooledFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, Backend backend) {
     ctx->save_for_backward({input, weight, bias.value_or(at::Tensor())});
-    ctx->saved_data["backend"] = backend ? c10::IValue(std::string(*backend)) : c10::IValue();
+    ctx->saved_data["backend"] = std::string(backend ? *backend : default_backend(input));
     return forward_below_autograd(input, weight, bias, backend, /*pool=*/true);
   }
 
@@ -113,10 +122,7 @@ class PooledFunction : public torch::autograd::Function<PooledFunction> {
     const at::Tensor& weight = saved[1];
     const std::optional<at::Tensor> bias = bias_of(saved[2]);
     const std::array<bool, 3> mask = grad_mask(ctx, bias);
-    const c10::IValue& backend = ctx->saved_data["backend"];
-    // The backend the forward took: the default is "cpu" on CPU tensors, a GPU kernel on CUDA.
-    const bool cpu_backend = backend.isNone() ? input.is_cpu() : backend.toStringRef() == "cpu";
-    const bool reference = !backend.isNone() && backend.toStringRef() == "reference";
+    const std::string& backend = ctx->saved_data["backend"].toStringRef();
     const bool unbatched = input.dim() == 3;
     if (unbatched) {
       input = input.unsqueeze(0);
@@ -126,13 +132,13 @@ class PooledFunction : public torch::autograd::Function<PooledFunction> {
     // kernels are not.
     const bool differentiable = at::GradMode::is_enabled();
     at::Tensor grad_input, grad_weight, grad_bias;
-    if (cpu_backend && input.size(1) < kFusedBackwardMaxChannels && !differentiable) {
+    if (backend == "cpu" && input.sym_size(1) < kFusedBackwardMaxChannels && !differentiable) {
       const auto [gi, gw, gb] = fused_backward.call(grad_output, input, weight, bias, mask);
       grad_input = gi.value_or(at::Tensor());
       grad_weight = gw.value_or(at::Tensor());
       grad_bias = gb.value_or(at::Tensor());
     } else {
-      const at::Tensor grad_conv = reference || differentiable
+      const at::Tensor grad_conv = backend == "reference" || differentiable
                                        ? conv_grad_stock(grad_output, input, weight, bias)
                                        : kernel_conv_grad.call(grad_output, input, weight, bias);
       std::tie(grad_input, grad_weight, grad_bias) = conv_backward(grad_conv, input, weight, bias,

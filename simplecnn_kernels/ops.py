@@ -374,11 +374,12 @@ def _forward_by_backend(
     return (out.contiguous() if pool else out).squeeze(0).detach()
 
 
-# The ops' implementation for every device but the CPU, whose kernel (csrc/cpu, forward_cpu)
-# runs the "cpu" backend without Python and calls _forward_by_backend for the others.
+# The CPU kernel of the public ops (csrc/cpu, forward_cpu) runs the "cpu" backend without
+# Python and comes back here, through this private op, for the others.
 torch.library.register_kernel("simplecnn::_forward_by_backend", None)(_forward_by_backend)
 
 
+# The public ops' implementation on every device but the CPU.
 @torch.library.register_kernel(_OP_NAME, None)
 def _forward(
     input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
