@@ -1,6 +1,7 @@
 """Host time per call at batch 1, where launching costs more than computing: each provider's
-calls queued back to back (one synchronize at the end) and, for the Triton op, cProfile's top
-entries by own time, to see which Python line costs what.
+calls queued back to back (one synchronize at the end), the op's layers too, and, for the
+Triton op (else the default backend), cProfile's top entries by own time, to see which Python
+line costs what.
 
     bench/launch_overhead.py [--device cuda] [--calls 300] [--profile-top 20]
 """
@@ -43,6 +44,15 @@ def main() -> None:
     for backend in backends_for(dev):
         providers[f"op {backend}"] = lambda backend=backend: sk.conv3x3_relu_maxpool2d(
             x, w, b, backend=backend
+        )
+    # The layers under the public function: the op through torch.ops (dispatch, autograd,
+    # checks, backend choice) and the compiled kernel alone.
+    providers["torch.ops, default backend"] = lambda: torch.ops.simplecnn.conv3x3_relu_maxpool2d(
+        x, w, b
+    )
+    if {"cpu", "cuda"} & set(backends_for(dev)):
+        providers["compiled kernel (_fused_forward)"] = lambda: torch.ops.simplecnn._fused_forward(
+            x, w, b, True
         )
     if "triton" in backends_for(dev):
         from simplecnn_kernels import triton_conv3x3_relu_maxpool2d as tk
