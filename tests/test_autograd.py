@@ -352,21 +352,23 @@ def test_unpooled_autocast_runs_in_the_autocast_dtype(device, backend):
     assert w.grad.dtype == torch.float32
 
 
+@pytest.mark.parametrize("c_in", [3, 20], ids=["fused-backward", "conv-grad-route"])
 @pytest.mark.parametrize("pool", [True, False], ids=["pooled", "unpooled"])
-def test_compiled_training_keeps_shapes_dynamic(pool):
+def test_compiled_training_keeps_shapes_dynamic(pool, c_in):
     # The backward reads sizes (the channel count, the bias length): under torch.compile they
-    # must stay symbolic, or each batch size and width compiles anew (or marked dims fail).
+    # must stay symbolic, or each batch size, height and width compiles anew (or marked dims
+    # fail). 3 input channels take the fused CPU backward, 20 the conv-gradient route.
     torch._dynamo.reset()
     op = sk.conv3x3_relu_maxpool2d if pool else sk.conv3x3_relu2d
     stock = stock_composition if pool else _stock_unpooled
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     step = torch.compile(lambda x, w, b: op(x, w, b).sum(), backend=counter, dynamic=True)
-    for n, c_out in [(2, 4), (3, 5), (5, 6)]:
-        x = torch.randn(n, 3, 8, 8, dtype=torch.float64)
+    for n, size, c_out in [(2, 8, 4), (3, 10, 5), (5, 6, 6)]:
+        x = torch.randn(n, c_in, size, size, dtype=torch.float64, requires_grad=True)
         torch._dynamo.mark_dynamic(x, 0)
-        w = torch.randn(c_out, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(c_out, c_in, 3, 3, dtype=torch.float64, requires_grad=True)
         b = torch.randn(c_out, dtype=torch.float64, requires_grad=True)
         step(x, w, b).backward()
-        expected = torch.autograd.grad(stock(x, w, b).sum(), (w, b))
-        torch.testing.assert_close((w.grad, b.grad), expected)
+        expected = torch.autograd.grad(stock(x, w, b).sum(), (x, w, b))
+        torch.testing.assert_close((x.grad, w.grad, b.grad), expected)
     assert counter.frame_count == 1
