@@ -143,8 +143,10 @@ at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   static const auto kernel = c10::Dispatcher::singleton()
                                  .findSchemaOrThrow("simplecnn::_fused_forward", "")
                                  .typed<decltype(fused_forward_cpu)>();
-  check_inputs(input, weight, bias, pool, /*unbatched_ok=*/true);
+  // A 4-D input is checked by the kernel, with the same messages; others here, on their own
+  // shape (the unsqueezed one would print in the messages).
   if (input.dim() == 4) return kernel.call(input, weight, bias, pool);
+  check_inputs(input, weight, bias, pool, /*unbatched_ok=*/true);
   // Unbatched, as ops.py's _forward_by_backend: not a view; the pooled result contiguous, as stock
   // max-pool returns it.
   const at::Tensor out = kernel.call(input.unsqueeze(0), weight, bias, pool);
